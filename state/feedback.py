@@ -1,0 +1,131 @@
+"""Realised errors of past forecasts, turned into feedback features for the next forecast.
+
+When a target bucket closes, every forecast that targeted it (made ``h`` buckets earlier, for
+``h = 1..H``) is scored against the actual. The scores are scaled by the item's demand level and
+folded into exponentially weighted averages, which the network receives as inputs with its next
+forecast. The trainer replays the same two functions over the training history, so the model is
+trained on exactly the features it is served.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+#: Smoothing of the exponentially weighted error averages (weight of the newest realisation).
+DEFAULT_ALPHA = 0.3
+#: Scaled errors are clipped to this magnitude so one freak sale cannot dominate the averages.
+ERROR_CLIP = 10.0
+
+
+def feedback_feature_names(quantiles: tuple[float, ...]) -> tuple[str, ...]:
+    """Names of the feedback feature columns for a set of quantile levels."""
+    return ("fb_weight", "fb_bias", "fb_coverage", *(f"fb_pinball_q{q:g}" for q in quantiles))
+
+
+def n_feedback_features(n_quantiles: int) -> int:
+    """Width of the feedback feature vector."""
+    return 3 + n_quantiles
+
+
+def item_scale(qty_window: np.ndarray, observed_window: np.ndarray) -> np.ndarray:
+    """Demand level of each item: 1 + mean observed demand over the context window, float32 [N].
+
+    The network normalises with the same definition (``model.network``), so errors scaled here are
+    on the network's own scale.
+    """
+    obs = observed_window.astype(np.float32)
+    total = (qty_window * obs).sum(axis=-1)
+    count = obs.sum(axis=-1)
+    return (1.0 + total / np.maximum(count, 1.0)).astype(np.float32)
+
+
+def realised_errors(
+    realised: np.ndarray, actual: np.ndarray, scale: np.ndarray, quantiles: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Score the forecasts that targeted one bucket.
+
+    ``realised`` is float32 [N, H, Q]: for each item, the forecast made ``h+1`` buckets before the
+    target, NaN where none was made. Returns ``(errors [N, 2 + Q], has [N])``: the signed scaled
+    error of the median, the outer-interval hit rate and the scaled pinball loss per quantile, each
+    averaged over the horizons that had a forecast; ``has`` is False for items with none.
+    """
+    q = np.asarray(quantiles, dtype=np.float32)
+    valid = np.isfinite(realised[:, :, 0])  # [N, H]
+    n_valid = valid.sum(axis=1)
+    has = n_valid > 0
+    denom = np.maximum(n_valid, 1).astype(np.float32)
+    y = actual.astype(np.float32)[:, None]
+    s = scale.astype(np.float32)[:, None]
+    pred = np.where(valid[:, :, None], realised, 0.0)
+    mid = int(np.argmin(np.abs(q - 0.5)))
+
+    bias = np.clip((y - pred[:, :, mid]) / s, -ERROR_CLIP, ERROR_CLIP)
+    bias = np.where(valid, bias, 0.0).sum(axis=1) / denom
+
+    hit = (y >= pred[:, :, 0]) & (y <= pred[:, :, -1]) & valid
+    coverage = hit.sum(axis=1) / denom
+
+    diff = y[:, :, None] - pred  # [N, H, Q]
+    pinball = np.maximum(q * diff, (q - 1.0) * diff) / s[:, :, None]
+    pinball = np.clip(pinball, 0.0, ERROR_CLIP)
+    pinball = np.where(valid[:, :, None], pinball, 0.0).sum(axis=1) / denom[:, None]
+
+    errors = np.concatenate([bias[:, None], coverage[:, None], pinball], axis=1).astype(np.float32)
+    return errors, has
+
+
+def update_feedback(
+    features: np.ndarray, errors: np.ndarray, has: np.ndarray, alpha: float = DEFAULT_ALPHA
+) -> np.ndarray:
+    """Fold one bucket's realised errors into the feedback features (returns a new array).
+
+    Column 0 is the weight, ``1 - (1 - alpha)^n`` after ``n`` realisations, which tells the network
+    how much history stands behind the averages in the other columns (all zero for a new item).
+    """
+    out = features.copy()
+    a = np.float32(alpha)
+    upd = has[:, None]
+    out[:, 0] = np.where(has, (1 - a) * features[:, 0] + a, features[:, 0])
+    out[:, 1:] = np.where(upd, (1 - a) * features[:, 1:] + a * errors, features[:, 1:])
+    return out
+
+
+def replay_feedback(
+    forecasts: np.ndarray,
+    qty: np.ndarray,
+    observed: np.ndarray,
+    context_length: int,
+    quantiles: tuple[float, ...],
+    alpha: float = DEFAULT_ALPHA,
+) -> np.ndarray:
+    """Feedback features at every origin of a history, as the serving ledger would have built them.
+
+    ``forecasts`` is float32 [N, T, H, Q]: the forecast made at origin ``t`` (after bucket ``t``
+    closed) for buckets ``t+1..t+H``; NaN where the item was not yet tracked. Returns float32
+    [N, T, F]: the features the forecast at origin ``t`` receives, i.e. after the errors realised at
+    bucket ``t`` were folded in. This is the serving recurrence run over the whole history, so the
+    trainer feeds the network exactly what the service will.
+    """
+    n, t_len, h_len, _ = forecasts.shape
+    q = np.asarray(quantiles, dtype=np.float32)
+    feats = np.zeros((n, n_feedback_features(len(quantiles))), dtype=np.float32)
+    out = np.zeros((n, t_len, feats.shape[1]), dtype=np.float32)
+    obs_f = observed.astype(np.float32)
+    qty_obs = np.where(observed, qty, 0.0).astype(np.float32)
+    # Rolling window sums give the same scale the ledger computes from its ring buffer.
+    csum_q = np.concatenate([np.zeros((n, 1), np.float32), np.cumsum(qty_obs, axis=1)], axis=1)
+    csum_o = np.concatenate([np.zeros((n, 1), np.float32), np.cumsum(obs_f, axis=1)], axis=1)
+    realised = np.full((n, h_len, forecasts.shape[3]), np.nan, dtype=np.float32)
+    for t in range(t_len):
+        lo = max(0, t + 1 - context_length)
+        count = csum_o[:, t + 1] - csum_o[:, lo]
+        scale = 1.0 + (csum_q[:, t + 1] - csum_q[:, lo]) / np.maximum(count, 1.0)
+        realised.fill(np.nan)
+        for h in range(1, min(h_len, t) + 1):
+            realised[:, h - 1, :] = forecasts[:, t - h, h - 1, :]
+        # A bucket without a row in the file is unknown, not a zero: nothing is scored against it.
+        realised[~observed[:, t]] = np.nan
+        errors, has = realised_errors(realised, qty[:, t], scale, q)
+        feats = update_feedback(feats, errors, has, alpha)
+        out[:, t] = feats
+    return out
