@@ -39,9 +39,11 @@ def calendar_features(start_ms: np.ndarray) -> np.ndarray:
     hour = (ms // _MS_PER_HOUR) % 24
     day = ms // _MS_PER_DAY
     dow = (day + 3) % 7  # 1970-01-01 was a Thursday; 0 = Monday
-    doy = (ms.astype("datetime64[ms]") - ms.astype("datetime64[ms]").astype("datetime64[Y]")).astype(
-        "timedelta64[D]"
-    ).astype(np.int64)
+    doy = (
+        (ms.astype("datetime64[ms]") - ms.astype("datetime64[ms]").astype("datetime64[Y]"))
+        .astype("timedelta64[D]")
+        .astype(np.int64)
+    )
     two_pi = 2.0 * np.pi
     out = np.stack(
         [

@@ -70,8 +70,11 @@ class History:
 
 def bucket_start_ms(buckets: np.ndarray, freq: str) -> np.ndarray:
     """Epoch milliseconds at which each bucket index of ``freq`` begins."""
-    return np.asarray(buckets, dtype=np.int64).astype(f"datetime64[{freq}]").astype("datetime64[ms]").astype(
-        np.int64
+    return (
+        np.asarray(buckets, dtype=np.int64)
+        .astype(f"datetime64[{freq}]")
+        .astype("datetime64[ms]")
+        .astype(np.int64)
     )
 
 
