@@ -1,0 +1,39 @@
+"""Configuration of the per-partition state."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from state.buckets import check_freq
+
+
+@dataclass(frozen=True)
+class StateConfig:
+    """What a partition's state keeps and how its buckets close.
+
+    ``context_length``, ``horizons`` and ``quantiles`` must match the model being served; the runner
+    builds this object from the model's metadata so they cannot drift apart.
+    """
+
+    freq: str = "D"
+    context_length: int = 56
+    horizons: int = 14
+    quantiles: tuple[float, ...] = (0.1, 0.5, 0.9)
+    allowed_lateness_ms: int = 600_000
+    feedback_alpha: float = 0.3
+    initial_capacity: int = 1024
+
+    def __post_init__(self) -> None:
+        check_freq(self.freq)
+        if self.context_length < 1:
+            raise ValueError(f"context_length must be >= 1, got {self.context_length}")
+        if self.horizons < 1:
+            raise ValueError(f"horizons must be >= 1, got {self.horizons}")
+        if not self.quantiles or list(self.quantiles) != sorted(self.quantiles):
+            raise ValueError(f"quantiles must be a non-empty increasing sequence, got {self.quantiles}")
+        if self.allowed_lateness_ms < 0:
+            raise ValueError(f"allowed lateness must be >= 0 ms, got {self.allowed_lateness_ms}")
+        if not 0.0 < self.feedback_alpha <= 1.0:
+            raise ValueError(f"feedback_alpha must be in (0, 1], got {self.feedback_alpha}")
+        if self.initial_capacity < 1:
+            raise ValueError(f"initial_capacity must be >= 1, got {self.initial_capacity}")

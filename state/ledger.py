@@ -1,0 +1,99 @@
+"""The forecast ledger: each item's recent forecasts, scored when their targets close.
+
+A forecast made at origin ``o`` covers buckets ``o+1..o+H``, so only the last ``H`` origins can still
+be realised. The ledger keeps them in a ring of ``H`` origin slots per item and turns the realised
+errors into the feedback features of ``state.feedback``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from state.feedback import n_feedback_features, realised_errors, update_feedback
+
+_NO_ORIGIN = np.iinfo(np.int64).min
+
+
+@dataclass
+class RealisedScore:
+    """Raw-unit accuracy of the forecasts realised at one bucket, summed over items and horizons."""
+
+    pinball_sum: np.ndarray  # float64 [Q]
+    abs_actual_sum: float
+    interval_hits: int
+    n_scored: int  # (item, horizon) pairs scored
+
+
+class Ledger:
+    """Per-item forecasts of the last ``H`` origins and the feedback features they produced."""
+
+    def __init__(self, capacity: int, horizons: int, quantiles: tuple[float, ...], alpha: float) -> None:
+        self.horizons = horizons
+        self.quantiles = np.asarray(quantiles, dtype=np.float32)
+        self.alpha = alpha
+        q = len(quantiles)
+        self.forecasts = np.full((capacity, horizons, horizons, q), np.nan, dtype=np.float32)
+        self.origin = np.full((capacity, horizons), _NO_ORIGIN, dtype=np.int64)
+        self.feedback = np.zeros((capacity, n_feedback_features(q)), dtype=np.float32)
+
+    @property
+    def capacity(self) -> int:
+        return int(self.origin.shape[0])
+
+    def grow(self, capacity: int) -> None:
+        """Make room for ``capacity`` items, keeping what is stored."""
+        old = self.capacity
+        if capacity <= old:
+            return
+        fc = np.full((capacity, *self.forecasts.shape[1:]), np.nan, dtype=np.float32)
+        fc[:old] = self.forecasts
+        orig = np.full((capacity, self.horizons), _NO_ORIGIN, dtype=np.int64)
+        orig[:old] = self.origin
+        fb = np.zeros((capacity, self.feedback.shape[1]), dtype=np.float32)
+        fb[:old] = self.feedback
+        self.forecasts, self.origin, self.feedback = fc, orig, fb
+
+    def record(self, origin: int, rows: np.ndarray, values: np.ndarray) -> None:
+        """Store the forecasts ``values`` [n, H, Q] made at ``origin`` for item ``rows``."""
+        slot = origin % self.horizons
+        self.forecasts[rows, slot] = values
+        self.origin[rows, slot] = origin
+
+    def realised_at(self, bucket: int, n: int) -> np.ndarray:
+        """Forecasts of the first ``n`` items that targeted ``bucket``, float32 [n, H, Q] (NaN: none)."""
+        out = np.full((n, self.horizons, self.forecasts.shape[3]), np.nan, dtype=np.float32)
+        for h in range(1, self.horizons + 1):
+            o = bucket - h
+            slot = o % self.horizons
+            valid = self.origin[:n, slot] == o
+            out[valid, h - 1] = self.forecasts[:n, slot, h - 1][valid]
+        return out
+
+    def realise(
+        self, bucket: int, actual: np.ndarray, scale: np.ndarray, tracked: np.ndarray
+    ) -> RealisedScore:
+        """Score every forecast that targeted ``bucket`` and fold the errors into the feedback.
+
+        ``actual`` and ``scale`` cover the first ``n`` items; ``tracked`` marks those that existed at
+        the bucket (an item first seen later has nothing to be scored against).
+        """
+        n = actual.shape[0]
+        realised = self.realised_at(bucket, n)
+        realised[~tracked] = np.nan
+        errors, has = realised_errors(realised, actual, scale, self.quantiles)
+        self.feedback[:n] = update_feedback(self.feedback[:n], errors, has, self.alpha)
+        return _score(realised, actual, self.quantiles)
+
+
+def _score(realised: np.ndarray, actual: np.ndarray, quantiles: np.ndarray) -> RealisedScore:
+    valid = np.isfinite(realised[:, :, 0])
+    if not valid.any():
+        return RealisedScore(np.zeros(quantiles.size), 0.0, 0, 0)
+    pred = realised[valid]  # [k, Q]
+    y = np.broadcast_to(actual[:, None], valid.shape)[valid].astype(np.float64)
+    diff = y[:, None] - pred
+    pin = np.maximum(quantiles * diff, (quantiles - 1.0) * diff).sum(axis=0)
+    hits = int(((y >= pred[:, 0]) & (y <= pred[:, -1])).sum())
+    return RealisedScore(pin.astype(np.float64), float(np.abs(y).sum()), hits, int(valid.sum()))

@@ -1,0 +1,94 @@
+"""Micro-batching of forecast requests, bounded by size and by delay.
+
+Closing a bucket makes every item of the partition due for a forecast. Requests from several
+partitions are held together until either ``max_batch`` rows wait or the oldest has waited
+``max_delay_ms``; the model then runs over all of them at once. Time comes from an injected clock so
+the bounds are tested without sleeping.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from state.partition import ClosedBucket
+
+
+@dataclass(frozen=True)
+class BatcherConfig:
+    """Bounds of one micro-batch."""
+
+    max_batch: int = 4096
+    max_delay_ms: float = 50.0
+
+    def __post_init__(self) -> None:
+        if self.max_batch < 1:
+            raise ValueError(f"max_batch must be >= 1, got {self.max_batch}")
+        if self.max_delay_ms < 0:
+            raise ValueError(f"max_delay_ms must be >= 0, got {self.max_delay_ms}")
+
+
+@dataclass
+class ForecastRequest:
+    """One partition's closed bucket waiting for its forecasts."""
+
+    partition: int
+    closed: ClosedBucket
+    enqueued_at: float  # clock seconds
+    closed_at: float  # clock seconds when the bucket closed, for end-to-end latency
+
+    @property
+    def rows(self) -> int:
+        return int(self.closed.rows.shape[0])
+
+
+class MicroBatcher:
+    """Holds forecast requests until the batch is full or the oldest one is due."""
+
+    def __init__(self, cfg: BatcherConfig, clock: Callable[[], float] = time.monotonic) -> None:
+        self.cfg = cfg
+        self.clock = clock
+        self._pending: list[ForecastRequest] = []
+        self._rows = 0
+
+    @property
+    def pending_rows(self) -> int:
+        return self._rows
+
+    def __len__(self) -> int:
+        return len(self._pending)
+
+    def add(self, partition: int, closed: ClosedBucket, closed_at: float | None = None) -> None:
+        """Queue the forecasts of one closed bucket."""
+        now = self.clock()
+        self._pending.append(ForecastRequest(partition, closed, now, now if closed_at is None else closed_at))
+        self._rows += int(closed.rows.shape[0])
+
+    def has_pending(self, partition: int) -> bool:
+        """Whether a request of ``partition`` waits (its next bucket must not close before it runs)."""
+        return any(r.partition == partition for r in self._pending)
+
+    def seconds_until_due(self) -> float | None:
+        """Time until the oldest request reaches the delay bound (0 if due now, None if empty)."""
+        if not self._pending:
+            return None
+        if self._rows >= self.cfg.max_batch:
+            return 0.0
+        waited = self.clock() - self._pending[0].enqueued_at
+        return max(0.0, self.cfg.max_delay_ms / 1000.0 - waited)
+
+    def due(self) -> bool:
+        """True when the batch is full or the oldest request has waited long enough."""
+        wait = self.seconds_until_due()
+        return wait is not None and wait <= 0.0
+
+    def take(self) -> list[ForecastRequest]:
+        """Remove and return every pending request."""
+        taken, self._pending, self._rows = self._pending, [], 0
+        return taken
+
+
+def chunks(total: int, size: int) -> list[tuple[int, int]]:
+    """``[start, stop)`` ranges of at most ``size`` rows covering ``total`` rows."""
+    return [(start, min(start + size, total)) for start in range(0, total, size)]

@@ -1,0 +1,296 @@
+"""The ``mqcast`` command line: one entry point, one subcommand per job.
+
+Heavy imports (torch, kafka) happen inside the subcommands so ``mqcast --help`` stays instant.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+import threading
+from pathlib import Path
+
+from stream.config import (
+    add_env_argument,
+    add_kafka_arguments,
+    add_service_arguments,
+    check_env_choices,
+    positive_int,
+)
+from stream.errors import MqcastError
+
+
+def _quantiles(text: str) -> tuple[float, ...]:
+    try:
+        qs = tuple(float(x) for x in text.split(",") if x.strip())
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of numbers") from exc
+    if not qs or any(not 0 < q < 1 for q in qs) or list(qs) != sorted(set(qs)):
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: quantiles must be increasing and strictly between 0 and 1"
+        )
+    return qs
+
+
+def _speed(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from exc
+    if value < 0:
+        raise argparse.ArgumentTypeError("speed must be >= 0 (0 = as fast as possible)")
+    return value
+
+
+def _stop_on_signals() -> threading.Event:
+    """An event set by SIGINT / SIGTERM, so the service finishes its batch and commits before exiting."""
+    stop = threading.Event()
+
+    def handler(signum: int, frame: object) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGINT, handler)
+    signal.signal(signal.SIGTERM, handler)
+    return stop
+
+
+# -- subcommands -----------------------------------------------------------------------------------
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from prometheus_client import CollectorRegistry
+
+    from stream.config import service_config_from_args
+    from stream.inference import Predictor
+    from stream.metrics import serve_metrics
+    from stream.service import ForecastService
+
+    if args.model is None:
+        raise MqcastError("serve needs a model: --model PATH or MQCAST_MODEL (train one with `mqcast train`)")
+    cfg = service_config_from_args(args)
+    predictor = Predictor.load(cfg.model.path, cfg.model.device)
+    registry = CollectorRegistry()
+    service = ForecastService(cfg, predictor, registry)
+    if cfg.metrics.port:
+        serve_metrics(registry, cfg.metrics.host, cfg.metrics.port)
+        logging.info("metrics on http://%s:%d/metrics", cfg.metrics.host, cfg.metrics.port)
+    logging.info(
+        "serving model %s on %s: %s -> %s",
+        predictor.version,
+        predictor.device,
+        cfg.kafka.sales_topic,
+        cfg.kafka.forecast_topic,
+    )
+    stats = service.run(_stop_on_signals())
+    logging.info("stopped: %s", stats)
+    return 0
+
+
+def cmd_replay(args: argparse.Namespace) -> int:
+    from kafka import KafkaProducer
+
+    from stream.replay import load_events, replay
+
+    events = load_events(args.file)
+    if args.limit:
+        events = events.slice(0, args.limit)
+    producer = KafkaProducer(bootstrap_servers=args.bootstrap, linger_ms=20, batch_size=512 * 1024, acks=1)
+    stop = _stop_on_signals()
+    try:
+        sent = replay(
+            events,
+            producer,
+            args.sales_topic,
+            speed=args.speed,
+            progress=not args.no_progress,
+            stop=stop.is_set,
+        )
+    finally:
+        producer.close(timeout=10)
+    print(f"replayed {sent} events from {args.file} to {args.sales_topic}")
+    return 0
+
+
+def cmd_topics(args: argparse.Namespace) -> int:
+    from stream.topics import ensure_topics, service_topics
+
+    specs = service_topics(args.sales_topic, args.forecast_topic, args.dead_letter_topic, args.partitions)
+    created = ensure_topics(args.bootstrap, specs)
+    print("created: " + (", ".join(created) if created else "nothing (all topics exist)"))
+    return 0
+
+
+def cmd_broker(args: argparse.Namespace) -> int:
+    from stream.broker import run_broker_command
+
+    return run_broker_command(args)
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from stream.training import run_train
+
+    return run_train(args)
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from stream.demo import run_demo
+
+    return run_demo(args)
+
+
+# -- parser ----------------------------------------------------------------------------------------
+
+
+def add_train_arguments(p: argparse.ArgumentParser) -> None:
+    """Flags of ``mqcast train`` (the demo trains with the same ones)."""
+    p.add_argument(
+        "--bucket",
+        choices=("auto", "h", "D", "W", "M"),
+        default="auto",
+        help="bucket unit of the history (default: inferred from the dates)",
+    )
+    p.add_argument(
+        "--until", default=None, help="train only on buckets before this date (keeps the rest for evaluation)"
+    )
+    p.add_argument(
+        "--context-length",
+        type=positive_int,
+        default=None,
+        help="buckets of history the model sees (default: per bucket unit, 56 for days)",
+    )
+    p.add_argument(
+        "--horizons",
+        type=positive_int,
+        default=None,
+        help="buckets ahead to forecast (default: per bucket unit, 14 for days)",
+    )
+    p.add_argument(
+        "--quantiles", type=_quantiles, default=(0.1, 0.5, 0.9), help="quantile levels (default: 0.1,0.5,0.9)"
+    )
+    p.add_argument(
+        "--epochs", type=positive_int, default=None, help="passes over the items (default: model's)"
+    )
+    p.add_argument("--max-minutes", type=float, default=None, help="time budget for training")
+    p.add_argument(
+        "--feedback-stages", type=int, default=None, help="feedback training rounds (0 disables feedback)"
+    )
+    p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    p.add_argument(
+        "--threads", type=positive_int, default=None, help="torch CPU threads (default: all cores)"
+    )
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="training device")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The full ``mqcast`` parser."""
+    parser = argparse.ArgumentParser(
+        prog="mqcast", description="Streaming multi-horizon quantile demand forecaster on Kafka."
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser(
+        "demo",
+        help="local broker + bundled retail data replayed + live forecasts + metrics",
+        description="Run the whole product on this machine: start a local Kafka broker, train "
+        "(or reuse) a model on the bundled Online Retail history, replay its invoice lines as "
+        "sales events, forecast every closed day, and finish with a summary and a plot.",
+    )
+    from stream.demo import add_demo_arguments
+
+    add_demo_arguments(p)
+    p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser(
+        "serve",
+        help="run the forecasting consumer service",
+        description="Consume sales events, keep per-item state, forecast closed buckets in "
+        "micro-batches, publish forecasts, and export Prometheus metrics.",
+    )
+    add_service_arguments(p)
+    p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser(
+        "train",
+        help="train a model on a history file and export it",
+        description="Train the MQ-CNN forecaster with forking sequences and feedback features "
+        "on a history file (item_id,date,qty[,price][,static...], optionally gzipped) and "
+        "export a TorchScript artefact with its metadata.",
+    )
+    p.add_argument("--data", type=Path, required=True, help="history file")
+    p.add_argument("--out", type=Path, required=True, help="where to write the TorchScript artefact")
+    add_train_arguments(p)
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser(
+        "replay",
+        help="send a history or events file to the sales topic",
+        description="Replay a history file, an events file or the Online Retail invoice lines "
+        "as sales events, in event-time order.",
+    )
+    p.add_argument("file", type=Path, help="history / events file (.csv or .csv.gz)")
+    add_kafka_arguments(p)
+    p.add_argument(
+        "--speed",
+        type=_speed,
+        default=0.0,
+        help="event-time speed-up factor, e.g. 86400 = one day per second (default: 0, as fast as possible)",
+    )
+    p.add_argument("--limit", type=positive_int, default=None, help="send only the first N events")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_replay)
+
+    p = sub.add_parser(
+        "topics",
+        help="create the service's topics",
+        description="Create the sales, forecast and dead-letter topics if they are missing.",
+    )
+    add_kafka_arguments(p)
+    add_env_argument(p, "--forecast-topic", "FORECAST_TOPIC", default="forecasts", help="output topic")
+    add_env_argument(
+        p, "--dead-letter-topic", "DEAD_LETTER_TOPIC", default="sales.dlq", help="dead-letter topic"
+    )
+    add_env_argument(
+        p, "--partitions", "PARTITIONS", type=positive_int, default=4, help="partitions per topic"
+    )
+    p.set_defaults(func=cmd_topics)
+
+    p = sub.add_parser(
+        "broker",
+        help="run a local single-node Apache Kafka broker (KRaft)",
+        description="Fetch Apache Kafka from Maven Central into the cache (once), format a "
+        "KRaft log directory and run a combined broker/controller on 127.0.0.1.",
+    )
+    from stream.broker import add_broker_arguments
+
+    add_broker_arguments(p)
+    p.set_defaults(func=cmd_broker)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of ``mqcast``."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    sub = parser._subparsers._group_actions[0].choices[args.command]  # type: ignore[union-attr]
+    check_env_choices(sub, args)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    if not args.verbose:
+        logging.getLogger("kafka").setLevel(logging.WARNING)
+    try:
+        return int(args.func(args) or 0)
+    except MqcastError as exc:
+        print(f"mqcast {args.command}: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

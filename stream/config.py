@@ -1,0 +1,252 @@
+"""Configuration of the service: one small typed object per component, from flags and environment.
+
+Every setting has a flag and an environment variable with the ``MQCAST_`` prefix; the flag wins, then
+the environment, then the default. ``--help`` shows each setting's variable and default.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from stream.batcher import BatcherConfig
+
+ENV_PREFIX = "MQCAST_"
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
+_UNIT_MS = {"ms": 1, "s": 1000, "m": 60_000, "h": 3_600_000, "d": 86_400_000}
+
+
+def parse_duration_ms(text: str) -> int:
+    """``'500ms'``, ``'30s'``, ``'10m'``, ``'1h'``, ``'2d'`` (bare numbers are seconds) to milliseconds."""
+    match = _DURATION.match(str(text))
+    if not match:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a duration such as 500ms, 30s, 10m, 1h or 2d")
+    value, unit = match.groups()
+    return round(float(value) * _UNIT_MS[unit or "s"])
+
+
+def positive_int(text: str) -> int:
+    """argparse type: an integer >= 1."""
+    try:
+        value = int(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from exc
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} must be >= 1")
+    return value
+
+
+def port_number(text: str) -> int:
+    """argparse type: a TCP port, 0 meaning 'disabled' or 'any free port' as the flag says."""
+    try:
+        value = int(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port number") from exc
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"{value} is not a port number (0-65535)")
+    return value
+
+
+class EnvDefault(argparse.Action):
+    """An argparse action whose default is read from an environment variable.
+
+    argparse runs a string default through the argument's ``type`` like a flag value, so a bad value
+    in the environment fails at start with a usage error.
+    """
+
+    def __init__(self, env: str, required: bool = False, default: Any = None, **kwargs: Any) -> None:
+        self.env = env
+        if env in os.environ:
+            default = os.environ[env]
+            required = False
+        help_text = kwargs.get("help") or ""
+        shown = "required" if required and default is None else f"default: {default}"
+        kwargs["help"] = f"{help_text} (env {env}; {shown})".strip()
+        super().__init__(default=default, required=required, **kwargs)
+
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: Any,
+        option_string: str | None = None,
+    ) -> None:
+        setattr(namespace, self.dest, values)
+
+
+def add_env_argument(parser: argparse.ArgumentParser | Any, flag: str, name: str, **kwargs: Any) -> None:
+    """Add ``flag`` whose environment variable is ``MQCAST_<NAME>``."""
+    parser.add_argument(flag, action=EnvDefault, env=ENV_PREFIX + name, **kwargs)
+
+
+def check_env_choices(parser: argparse.ArgumentParser, args: argparse.Namespace) -> argparse.Namespace:
+    """Fail with a usage error when an environment default is not one of the flag's choices.
+
+    argparse converts string defaults through ``type`` (so bad numbers already fail) but never checks
+    ``choices`` for defaults.
+    """
+    for action in parser._actions:
+        if isinstance(action, EnvDefault) and action.choices is not None:
+            value = getattr(args, action.dest, None)
+            if value is not None and value not in action.choices:
+                choices = ", ".join(map(str, action.choices))
+                parser.error(f"{action.env}={value!r} is not one of {choices}")
+    return args
+
+
+@dataclass(frozen=True)
+class KafkaConfig:
+    """Where the service reads and writes."""
+
+    bootstrap: str = "127.0.0.1:9092"
+    sales_topic: str = "sales"
+    forecast_topic: str = "forecasts"
+    dead_letter_topic: str = "sales.dlq"
+    group_id: str = "mqcast"
+    client_id: str = "mqcast"
+    max_poll_records: int = 2000
+    poll_timeout_ms: int = 100
+    commit_interval_ms: int = 1000
+
+
+@dataclass(frozen=True)
+class ModelServeConfig:
+    """Which model runs where, and what the service expects of it."""
+
+    path: Path = Path("model.pt")
+    device: str = "auto"
+    bucket: str = "D"
+
+
+@dataclass(frozen=True)
+class MetricsConfig:
+    """Where Prometheus scrapes the service (port 0 disables the endpoint)."""
+
+    host: str = "127.0.0.1"
+    port: int = 9464
+
+
+@dataclass(frozen=True)
+class ServiceConfig:
+    """All settings of ``mqcast serve``."""
+
+    kafka: KafkaConfig = field(default_factory=KafkaConfig)
+    model: ModelServeConfig = field(default_factory=ModelServeConfig)
+    batcher: BatcherConfig = field(default_factory=BatcherConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    allowed_lateness_ms: int = 600_000
+
+
+def add_kafka_arguments(parser: argparse.ArgumentParser) -> None:
+    """Flags shared by every command that talks to Kafka."""
+    add_env_argument(
+        parser, "--bootstrap", "BOOTSTRAP", default=KafkaConfig.bootstrap, help="Kafka bootstrap servers"
+    )
+    add_env_argument(
+        parser, "--sales-topic", "SALES_TOPIC", default=KafkaConfig.sales_topic, help="input topic"
+    )
+
+
+def add_service_arguments(parser: argparse.ArgumentParser) -> None:
+    """Flags of ``mqcast serve`` (and of ``mqcast demo``, which runs the same service)."""
+    add_kafka_arguments(parser)
+    g = parser.add_argument_group("topics and group")
+    add_env_argument(
+        g, "--forecast-topic", "FORECAST_TOPIC", default=KafkaConfig.forecast_topic, help="output topic"
+    )
+    add_env_argument(
+        g,
+        "--dead-letter-topic",
+        "DEAD_LETTER_TOPIC",
+        default=KafkaConfig.dead_letter_topic,
+        help="dead-letter topic",
+    )
+    add_env_argument(g, "--group-id", "GROUP_ID", default=KafkaConfig.group_id, help="consumer group")
+    add_env_argument(g, "--client-id", "CLIENT_ID", default=KafkaConfig.client_id, help="client id prefix")
+    add_env_argument(
+        g,
+        "--max-poll-records",
+        "MAX_POLL_RECORDS",
+        type=positive_int,
+        default=KafkaConfig.max_poll_records,
+        help="records per poll",
+    )
+    add_env_argument(
+        g,
+        "--commit-interval",
+        "COMMIT_INTERVAL",
+        type=parse_duration_ms,
+        default="1s",
+        help="how often forecasts are flushed and offsets committed",
+    )
+    m = parser.add_argument_group("model")
+    add_env_argument(m, "--model", "MODEL", type=Path, default=None, help="TorchScript model artefact")
+    add_env_argument(
+        m,
+        "--device",
+        "DEVICE",
+        choices=("auto", "cpu", "cuda"),
+        default="auto",
+        help="where the model runs; auto picks cuda when available",
+    )
+    add_env_argument(
+        m,
+        "--bucket",
+        "BUCKET",
+        choices=("h", "D", "W", "M"),
+        default="D",
+        help="bucket unit the service counts demand in; the model must have been trained on it",
+    )
+    add_env_argument(
+        m,
+        "--allowed-lateness",
+        "ALLOWED_LATENESS",
+        type=parse_duration_ms,
+        default="10m",
+        help="how late an event may be before its bucket closes without it",
+    )
+    b = parser.add_argument_group("micro-batching")
+    add_env_argument(
+        b, "--max-batch", "MAX_BATCH", type=positive_int, default=4096, help="item forecasts per model call"
+    )
+    add_env_argument(
+        b,
+        "--max-delay",
+        "MAX_DELAY",
+        type=parse_duration_ms,
+        default="50ms",
+        help="longest a closed bucket waits for its batch to fill",
+    )
+    p = parser.add_argument_group("metrics")
+    add_env_argument(p, "--metrics-host", "METRICS_HOST", default="127.0.0.1", help="metrics bind address")
+    add_env_argument(
+        p,
+        "--metrics-port",
+        "METRICS_PORT",
+        type=port_number,
+        default=9464,
+        help="Prometheus port (0 disables)",
+    )
+
+
+def service_config_from_args(args: argparse.Namespace) -> ServiceConfig:
+    """Build the typed configuration from parsed (and env-resolved) arguments."""
+    kafka = KafkaConfig(
+        bootstrap=args.bootstrap,
+        sales_topic=args.sales_topic,
+        forecast_topic=args.forecast_topic,
+        dead_letter_topic=args.dead_letter_topic,
+        group_id=args.group_id,
+        client_id=args.client_id,
+        max_poll_records=args.max_poll_records,
+        commit_interval_ms=args.commit_interval,
+    )
+    model = ModelServeConfig(path=args.model, device=args.device, bucket=args.bucket)
+    batcher = BatcherConfig(max_batch=args.max_batch, max_delay_ms=float(args.max_delay))
+    metrics = MetricsConfig(host=args.metrics_host, port=args.metrics_port)
+    return ServiceConfig(kafka, model, batcher, metrics, allowed_lateness_ms=args.allowed_lateness)

@@ -1,0 +1,75 @@
+"""Run the TorchScript model on a device, one micro-batch at a time."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from model.export import load_model
+
+from stream.inputs import ModelInputs
+
+
+def pick_device(choice: str) -> torch.device:
+    """``auto`` means CUDA when a GPU is visible, else CPU."""
+    if choice == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if choice == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("--device cuda was asked for, but torch sees no CUDA device")
+    return torch.device(choice)
+
+
+class Predictor:
+    """A loaded model, its metadata and the device it runs on.
+
+    On CUDA the inputs are staged in pinned host buffers and copied without blocking, so the copy of
+    one tensor overlaps the launch of the next; on CPU the numpy arrays are wrapped without a copy.
+    """
+
+    def __init__(self, module: torch.jit.ScriptModule, meta: dict, device: torch.device) -> None:
+        self.module = module
+        self.meta = meta
+        self.device = device
+        self._pinned: dict[str, torch.Tensor] = {}
+
+    @classmethod
+    def load(cls, path: Path, device: str = "auto") -> Predictor:
+        """Load an artefact onto the chosen device."""
+        dev = pick_device(device)
+        module, meta = load_model(path, dev)
+        return cls(module, meta, dev)
+
+    @property
+    def version(self) -> str:
+        return str(self.meta.get("version", "unknown"))
+
+    def _to_device(self, name: str, arr: np.ndarray) -> torch.Tensor:
+        src = torch.from_numpy(np.ascontiguousarray(arr))
+        if self.device.type != "cuda":
+            return src
+        buf = self._pinned.get(name)
+        if (
+            buf is None
+            or buf.shape[0] < src.shape[0]
+            or buf.shape[1:] != src.shape[1:]
+            or buf.dtype != src.dtype
+        ):
+            buf = torch.empty(src.shape, dtype=src.dtype).pin_memory()
+            self._pinned[name] = buf
+        staged = buf[: src.shape[0]]
+        staged.copy_(src)
+        return staged.to(self.device, non_blocking=True)
+
+    def predict(self, inputs: ModelInputs) -> np.ndarray:
+        """Quantile forecasts float32 [B, H, Q] for one batch."""
+        with torch.inference_mode():
+            out = self.module(
+                self._to_device("target", inputs.target),
+                self._to_device("observed", inputs.observed),
+                self._to_device("past_cov", inputs.past_cov),
+                self._to_device("future_cov", inputs.future_cov),
+                self._to_device("static", inputs.static),
+                self._to_device("feedback", inputs.feedback),
+            )
+            return out.float().cpu().numpy()

@@ -1,0 +1,83 @@
+"""Turn closed buckets into the network's input arrays (the same features the trainer builds)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from model.features import calendar_features, log_price, static_ids
+from state.buckets import bucket_start
+from state.partition import ClosedBucket
+
+
+@dataclass
+class ModelInputs:
+    """One batch of network inputs, in the order of the network's ``forward``."""
+
+    target: np.ndarray  # float32 [B, L]
+    observed: np.ndarray  # float32 [B, L]
+    past_cov: np.ndarray  # float32 [B, L, Cp]
+    future_cov: np.ndarray  # float32 [B, H, Cf]
+    static: np.ndarray  # int64 [B, S]
+    feedback: np.ndarray  # float32 [B, F]
+
+    @property
+    def rows(self) -> int:
+        return int(self.target.shape[0])
+
+    def slice(self, start: int, stop: int) -> ModelInputs:
+        return ModelInputs(*(getattr(self, f)[start:stop] for f in _FIELDS))
+
+
+_FIELDS = ("target", "observed", "past_cov", "future_cov", "static", "feedback")
+
+
+class StaticTable:
+    """Static attributes (store, category, ...) of items, hashed as the trainer hashes them."""
+
+    def __init__(self, columns: tuple[str, ...], vocab_size: int) -> None:
+        self.columns = columns
+        self.vocab_size = vocab_size
+        self._ids: dict[str, np.ndarray] = {}
+
+    def update(self, item_id: str, attributes: dict[str, object]) -> None:
+        """Set an item's attributes; missing columns hash to 'unknown' (0)."""
+        values = np.array([str(attributes.get(c, "") or "") for c in self.columns])
+        self._ids[item_id] = static_ids(values, self.vocab_size)
+
+    def ids_for(self, item_ids: np.ndarray) -> np.ndarray:
+        """int64 [n, S] ids, zeros for items without attributes (cold start by the pooled model)."""
+        out = np.zeros((len(item_ids), len(self.columns)), dtype=np.int64)
+        if self.columns and self._ids:
+            for i, item in enumerate(item_ids):
+                ids = self._ids.get(item)
+                if ids is not None:
+                    out[i] = ids
+        return out
+
+
+def inputs_for(closed: ClosedBucket, freq: str, horizons: int, statics: StaticTable) -> ModelInputs:
+    """Network inputs for every item due at one closed bucket."""
+    n, length = closed.target.shape
+    past_cal = calendar_features(bucket_start(closed.window_buckets, freq))  # [L, C]
+    future = closed.bucket + 1 + np.arange(horizons, dtype=np.int64)
+    future_cal = calendar_features(bucket_start(future, freq))  # [H, C]
+    past_cov = np.empty((n, length, past_cal.shape[1] + 1), dtype=np.float32)
+    past_cov[:, :, :-1] = past_cal
+    past_cov[:, :, -1] = log_price(closed.price)
+    return ModelInputs(
+        target=closed.target,
+        observed=closed.observed,
+        past_cov=past_cov,
+        future_cov=np.broadcast_to(future_cal, (n, *future_cal.shape)),
+        static=statics.ids_for(closed.item_ids),
+        feedback=closed.feedback,
+    )
+
+
+def concat_inputs(parts: list[ModelInputs]) -> ModelInputs:
+    """Stack several requests' inputs into one batch."""
+    if len(parts) == 1:
+        return parts[0]
+    return ModelInputs(*(np.concatenate([getattr(p, f) for p in parts]) for f in _FIELDS))

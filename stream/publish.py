@@ -1,0 +1,110 @@
+"""Write forecasts and dead letters, and know when the broker has acknowledged them."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import orjson
+from kafka import KafkaProducer
+
+from state.buckets import bucket_start
+from stream.errors import PublishError
+
+#: Version of the forecast message contract (DESIGN.md); bump it when a field changes meaning.
+FORECAST_SCHEMA = 1
+
+
+@dataclass(frozen=True)
+class ForecastFormat:
+    """The parts of every forecast message that come from the model, encoded once."""
+
+    freq: str
+    model_version: str
+    quantiles: tuple[float, ...]
+    horizons: int
+
+
+def iso_ms(ms: int) -> str:
+    """RFC 3339 UTC text of epoch milliseconds."""
+    return str(np.datetime64(int(ms), "ms")) + "Z"
+
+
+def encode_forecasts(
+    fmt: ForecastFormat, item_ids: Sequence[str], origin: int, values: np.ndarray, produced_ms: int
+) -> list[bytes]:
+    """JSON forecast messages (DESIGN.md contract) for the items of one origin bucket."""
+    origin_ms = int(bucket_start(origin, fmt.freq))
+    common = {
+        "schema": FORECAST_SCHEMA,
+        "origin": iso_ms(origin_ms),
+        "origin_ms": origin_ms,
+        "bucket": fmt.freq,
+        "model_version": fmt.model_version,
+        "quantiles": list(fmt.quantiles),
+        "horizons": list(range(1, fmt.horizons + 1)),
+        "produced_at": iso_ms(produced_ms),
+    }
+    vals = np.ascontiguousarray(values, dtype=np.float32)
+    opts = orjson.OPT_SERIALIZE_NUMPY
+    return [
+        orjson.dumps({"item_id": item, **common, "values": vals[i]}, option=opts)
+        for i, item in enumerate(item_ids)
+    ]
+
+
+class Publisher:
+    """Owns the idempotent producer of forecasts and dead letters.
+
+    Sends are asynchronous; :meth:`flush` waits for every acknowledgement and raises if any send
+    failed, so the caller commits input offsets only for output the broker really has.
+    """
+
+    def __init__(self, producer: KafkaProducer, forecast_topic: str, dead_letter_topic: str) -> None:
+        self.producer = producer
+        self.forecast_topic = forecast_topic
+        self.dead_letter_topic = dead_letter_topic
+        self._futures: list = []
+
+    def forecasts(self, item_ids: Sequence[str], messages: list[bytes]) -> None:
+        """Send one message per item, keyed by item id (so an item's forecasts stay in order)."""
+        send = self.producer.send
+        topic = self.forecast_topic
+        futures = self._futures
+        for item, msg in zip(item_ids, messages, strict=True):
+            futures.append(send(topic, value=msg, key=item.encode("utf-8")))
+
+    def dead_letter(
+        self, value: bytes | None, key: bytes | None, reason: str, topic: str, partition: int, offset: int
+    ) -> None:
+        """Send a rejected input message, unchanged, with why and where it came from in headers."""
+        headers = [
+            ("mqcast.reason", reason.encode("utf-8")),
+            ("mqcast.source.topic", topic.encode("utf-8")),
+            ("mqcast.source.partition", str(partition).encode()),
+            ("mqcast.source.offset", str(offset).encode()),
+            ("mqcast.rejected_at", str(int(time.time() * 1000)).encode()),
+        ]
+        self._futures.append(
+            self.producer.send(self.dead_letter_topic, value=value, key=key, headers=headers)
+        )
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._futures)
+
+    def flush(self, timeout_s: float = 60.0) -> int:
+        """Wait for every send so far to be acknowledged; returns how many were. Raises on failure."""
+        futures, self._futures = self._futures, []
+        if not futures:
+            return 0
+        try:
+            self.producer.flush(timeout=timeout_s)
+        except Exception as exc:
+            raise PublishError(f"producer did not drain {len(futures)} messages within {timeout_s}s") from exc
+        for fut in futures:
+            if fut.failed():
+                raise PublishError(f"a message was not acknowledged: {fut.exception!r}") from fut.exception
+        return len(futures)

@@ -1,0 +1,319 @@
+"""The consumer service: poll sales, update state, forecast closed buckets, publish, commit.
+
+One instance owns the partitions the group assigns it. For each poll it decodes and validates the
+events, dead-letters the bad and the late ones, updates the partition's state, and queues a forecast
+request for every bucket the watermark closes. Requests run through the model in micro-batches; their
+forecasts are recorded in the ledger (the next bucket scores them) and published. Offsets are
+committed only after everything they caused has been acknowledged.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+from kafka import KafkaConsumer, KafkaProducer
+from kafka.consumer.subscription_state import ConsumerRebalanceListener
+from kafka.structs import OffsetAndMetadata, TopicPartition
+from prometheus_client import CollectorRegistry
+
+from state.config import StateConfig
+from state.feedback import feedback_feature_names
+from state.partition import ClosedBucket, PartitionState
+from stream.batcher import MicroBatcher, chunks
+from stream.config import ServiceConfig
+from stream.decode import TimestampCache, decode_events
+from stream.errors import ModelMismatchError, OffsetOrderError
+from stream.inference import Predictor
+from stream.inputs import StaticTable, concat_inputs, inputs_for
+from stream.metrics import ServiceMetrics
+from stream.publish import ForecastFormat, Publisher, encode_forecasts
+
+log = logging.getLogger("mqcast.service")
+
+
+@dataclass
+class ServiceStats:
+    """Running totals, for progress displays and summaries."""
+
+    events: int = 0
+    invalid: int = 0
+    late: int = 0
+    buckets_closed: int = 0
+    forecasts: int = 0
+    commits: int = 0
+
+
+def check_model_fits(meta: dict, cfg: ServiceConfig) -> None:
+    """Refuse a model whose metadata does not fit the service's configuration, saying why."""
+    problems = []
+    if meta.get("freq") != cfg.model.bucket:
+        problems.append(
+            f"the model was trained on {meta.get('freq')!r} buckets but the service counts "
+            f"{cfg.model.bucket!r} buckets (--bucket / MQCAST_BUCKET)"
+        )
+    quantiles = tuple(meta.get("quantiles", ()))
+    expected_fb = list(feedback_feature_names(quantiles))
+    got_fb = list(meta.get("features", {}).get("feedback", []))
+    if got_fb != expected_fb:
+        problems.append(f"the model's feedback features {got_fb} are not the service's {expected_fb}")
+    for key in ("context_length", "horizons"):
+        if not isinstance(meta.get(key), int) or meta[key] < 1:
+            problems.append(f"the model's metadata has no valid {key!r}")
+    if problems:
+        raise ModelMismatchError("refusing the model: " + "; ".join(problems))
+
+
+class ServiceObserver:
+    """Hooks for whoever embeds the service (the demo, tests); the defaults do nothing."""
+
+    def on_close(self, partition: int, closed: ClosedBucket) -> None:
+        """A bucket closed; ``closed.score`` holds the realised accuracy of older forecasts."""
+
+    def on_forecasts(self, partition: int, closed: ClosedBucket, values: np.ndarray) -> None:
+        """Forecasts [n, H, Q] were made for the items of ``closed`` and handed to the producer."""
+
+
+class _Rebalance(ConsumerRebalanceListener):
+    def __init__(self, service: ForecastService) -> None:
+        self.service = service
+
+    def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
+        self.service.on_revoked(revoked)
+
+    def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
+        self.service.on_assigned(assigned)
+
+
+class ForecastService:
+    """One consumer instance of the forecasting service."""
+
+    def __init__(
+        self,
+        cfg: ServiceConfig,
+        predictor: Predictor,
+        registry: CollectorRegistry | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        observer: ServiceObserver | None = None,
+    ) -> None:
+        check_model_fits(predictor.meta, cfg)
+        self.observer = observer or ServiceObserver()
+        meta = predictor.meta
+        self.cfg = cfg
+        self.predictor = predictor
+        self.clock = clock
+        quantiles = tuple(float(q) for q in meta["quantiles"])
+        self.state_cfg = StateConfig(
+            freq=meta["freq"],
+            context_length=int(meta["context_length"]),
+            horizons=int(meta["horizons"]),
+            quantiles=quantiles,
+            allowed_lateness_ms=cfg.allowed_lateness_ms,
+        )
+        self.format = ForecastFormat(meta["freq"], predictor.version, quantiles, self.state_cfg.horizons)
+        self.statics = StaticTable(
+            tuple(meta.get("static_columns", ())), int(meta.get("model_args", {}).get("static_vocab", 1024))
+        )
+        self.registry = registry if registry is not None else CollectorRegistry()
+        self.metrics = ServiceMetrics(self.registry, quantiles)
+        self.metrics.model.info(
+            {"version": predictor.version, "device": str(predictor.device), "freq": meta["freq"]}
+        )
+        self.batcher = MicroBatcher(cfg.batcher, clock)
+        self.states: dict[int, PartitionState] = {}
+        self.positions: dict[TopicPartition, int] = {}
+        self.committed: dict[TopicPartition, int] = {}
+        self.stats = ServiceStats()
+        self._timestamps = TimestampCache()
+        self._last_commit = clock()
+        k = cfg.kafka
+        self.consumer = KafkaConsumer(
+            bootstrap_servers=k.bootstrap,
+            group_id=k.group_id,
+            client_id=f"{k.client_id}-consumer",
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            max_poll_records=k.max_poll_records,
+        )
+        self.consumer.subscribe([k.sales_topic], listener=_Rebalance(self))
+        producer = KafkaProducer(
+            bootstrap_servers=k.bootstrap,
+            client_id=f"{k.client_id}-producer",
+            enable_idempotence=True,
+            acks="all",
+            linger_ms=5,
+            batch_size=256 * 1024,
+            compression_type=None,
+        )
+        self.publisher = Publisher(producer, k.forecast_topic, k.dead_letter_topic)
+
+    # -- the loop --------------------------------------------------------------------------------
+
+    def poll_once(self) -> int:
+        """One poll and everything it causes; returns the number of records read."""
+        timeout_ms = self.cfg.kafka.poll_timeout_ms
+        wait = self.batcher.seconds_until_due()
+        if wait is not None:
+            timeout_ms = min(timeout_ms, int(wait * 1000))
+        records = self.consumer.poll(timeout_ms=timeout_ms, max_records=self.cfg.kafka.max_poll_records)
+        n = 0
+        for tp, recs in records.items():
+            if recs:
+                self._process(tp, recs)
+                n += len(recs)
+        if self.batcher.due():
+            self.run_batches()
+        if (self.clock() - self._last_commit) * 1000.0 >= self.cfg.kafka.commit_interval_ms:
+            self.commit()
+        return n
+
+    def run(self, stop: threading.Event, idle_timeout_s: float | None = None) -> ServiceStats:
+        """Serve until ``stop`` is set (or nothing arrives for ``idle_timeout_s``), then shut down cleanly."""
+        idle_since = self.clock()
+        try:
+            while not stop.is_set():
+                if self.poll_once():
+                    idle_since = self.clock()
+                elif idle_timeout_s is not None and self.clock() - idle_since >= idle_timeout_s:
+                    break
+        finally:
+            self.close()
+        return self.stats
+
+    def _process(self, tp: TopicPartition, recs: list) -> None:
+        batch = decode_events([r.value for r in recs], self._timestamps)
+        for pos, reason in batch.invalid:
+            self._dead_letter(tp, recs[pos], reason, "invalid")
+        state = self.states.get(tp.partition)
+        if state is None:
+            state = self.states[tp.partition] = PartitionState(self.state_cfg, tp.partition)
+        late = state.ingest(batch.item_ids, batch.event_ms, batch.qty, batch.price)
+        for pos in batch.positions[late].tolist():
+            self._dead_letter(
+                tp, recs[pos], "event is later than the allowed lateness: its bucket is closed", "late"
+            )
+        n_late = int(late.sum())
+        self.stats.events += len(recs)
+        self.stats.invalid += len(batch.invalid)
+        self.stats.late += n_late
+        self.metrics.events_consumed.labels(partition=str(tp.partition)).inc(len(recs))
+        if batch.invalid:
+            self.metrics.events_invalid.inc(len(batch.invalid))
+        if n_late:
+            self.metrics.events_late.inc(n_late)
+        self._close_ready(tp.partition, state)
+        self.positions[tp] = recs[-1].offset + 1
+
+    def _dead_letter(self, tp: TopicPartition, rec, reason: str, kind: str) -> None:
+        self.publisher.dead_letter(rec.value, rec.key, reason, tp.topic, tp.partition, rec.offset)
+        self.metrics.dead_letters.labels(reason=kind).inc()
+
+    def _close_ready(self, partition: int, state: PartitionState) -> None:
+        while state.closable() is not None:
+            # The forecasts of the previous bucket must be in the ledger before the next bucket
+            # closes, because closing scores them.
+            if self.batcher.has_pending(partition):
+                self.run_batches()
+            closed = state.close_next()
+            self.stats.buckets_closed += 1
+            self.metrics.buckets_closed.labels(partition=str(partition)).inc()
+            self.metrics.observe_score(closed.score)
+            self.observer.on_close(partition, closed)
+            if closed.rows.size:
+                self.batcher.add(partition, closed)
+        self.metrics.items_tracked.set(sum(s.n_items for s in self.states.values()))
+
+    def run_batches(self) -> int:
+        """Forecast every queued request, record them in the ledgers, publish and wait for acks."""
+        requests = self.batcher.take()
+        if not requests:
+            return 0
+        horizons = self.state_cfg.horizons
+        batch = concat_inputs(
+            [inputs_for(r.closed, self.state_cfg.freq, horizons, self.statics) for r in requests]
+        )
+        out = np.empty((batch.rows, horizons, len(self.state_cfg.quantiles)), dtype=np.float32)
+        for start, stop in chunks(batch.rows, self.cfg.batcher.max_batch):
+            t0 = time.perf_counter()
+            out[start:stop] = self.predictor.predict(batch.slice(start, stop))
+            self.metrics.inference_seconds.observe(time.perf_counter() - t0)
+            self.metrics.batch_size.observe(stop - start)
+        produced_ms = int(time.time() * 1000)
+        offset = 0
+        for r in requests:
+            values = out[offset : offset + r.rows]
+            offset += r.rows
+            self.states[r.partition].record_forecasts(r.closed.bucket, r.closed.rows, values)
+            self.observer.on_forecasts(r.partition, r.closed, values)
+            messages = encode_forecasts(self.format, r.closed.item_ids, r.closed.bucket, values, produced_ms)
+            self.publisher.forecasts(r.closed.item_ids, messages)
+        self.publisher.flush()
+        done = self.clock()
+        for r in requests:
+            self.metrics.end_to_end_seconds.observe(max(0.0, done - r.closed_at))
+        self.metrics.forecasts_published.inc(batch.rows)
+        self.stats.forecasts += batch.rows
+        return batch.rows
+
+    def commit(self) -> None:
+        """Commit what has been fully handled, in order:
+
+        1. forecast every queued request (their forecasts are part of what the offsets cover);
+        2. wait until the broker acknowledged every forecast and dead letter;
+        3. commit the input offsets, which may only move forward.
+        """
+        self.run_batches()
+        self.publisher.flush()
+        offsets = {}
+        for tp, pos in self.positions.items():
+            last = self.committed.get(tp)
+            if last is not None and pos < last:
+                raise OffsetOrderError(f"{tp.topic}[{tp.partition}]: commit {pos} is behind committed {last}")
+            if last != pos:
+                offsets[tp] = OffsetAndMetadata(pos, "", -1)
+        if offsets:
+            self.consumer.commit(offsets)
+            self.committed.update({tp: o.offset for tp, o in offsets.items()})
+            self.stats.commits += 1
+            self.metrics.commits.inc()
+        self._last_commit = self.clock()
+        self._update_lag()
+
+    def _update_lag(self) -> None:
+        for tp, pos in self.positions.items():
+            high = self.consumer.highwater(tp)
+            if high is not None:
+                self.metrics.consumer_lag.labels(partition=str(tp.partition)).set(max(0, high - pos))
+
+    # -- group membership ------------------------------------------------------------------------
+
+    def on_revoked(self, revoked: list[TopicPartition]) -> None:
+        """Before giving partitions up: finish and commit everything they caused."""
+        if self.positions:
+            self.commit()
+        for tp in revoked:
+            self.states.pop(tp.partition, None)
+            self.positions.pop(tp, None)
+            self.committed.pop(tp, None)
+            with contextlib.suppress(KeyError):
+                self.metrics.consumer_lag.remove(str(tp.partition))
+
+    def on_assigned(self, assigned: list[TopicPartition]) -> None:
+        """New partitions start with empty state; they resume from the group's committed offsets."""
+        for tp in assigned:
+            self.states.setdefault(tp.partition, PartitionState(self.state_cfg, tp.partition))
+        log.info("assigned %s", sorted(tp.partition for tp in assigned))
+
+    def close(self) -> None:
+        """Finish the batch in hand, publish, commit, and leave the group."""
+        try:
+            if self.positions:
+                self.commit()
+        finally:
+            self.consumer.close(autocommit=False)
+            self.publisher.producer.close(timeout=10)

@@ -1,0 +1,139 @@
+"""``mqcast train``: fit the network on a history file and export a servable artefact.
+
+This is where the model and the state meet: the trainer (``model/``) receives the serving ledger's
+feedback recurrence (``state/``) as a function, so the features it trains on are the ones the
+service will compute.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+from pathlib import Path
+
+import numpy as np
+
+from model.features import FUTURE_COVARIATES, PAST_COVARIATES
+from model.history import History, dates_to_buckets, read_history
+from state.feedback import feedback_feature_names, replay_feedback
+from stream.errors import MqcastError
+
+log = logging.getLogger("mqcast.train")
+
+
+def cut_history(history: History, until: str | None) -> History:
+    """Keep the buckets strictly before ``until`` (an ISO date), for an honest hold-out."""
+    if until is None:
+        return history
+    try:
+        limit = int(dates_to_buckets(np.array([until]), history.freq)[0])
+    except ValueError as exc:
+        raise MqcastError(f"--until {until!r} is not an ISO date") from exc
+    keep = limit - history.first_bucket
+    if keep < 2:
+        raise MqcastError(f"--until {until} leaves no training data (the history starts later)")
+    return history.head(min(keep, history.n_buckets))
+
+
+def train_artifact(
+    history: History,
+    out: Path,
+    *,
+    context_length: int | None = None,
+    horizons: int | None = None,
+    quantiles: tuple[float, ...] = (0.1, 0.5, 0.9),
+    epochs: int | None = None,
+    max_minutes: float | None = None,
+    feedback_stages: int | None = None,
+    seed: int = 0,
+    threads: int | None = None,
+    device: str = "auto",
+    progress: bool = True,
+    source: str = "",
+) -> dict:
+    """Train on ``history`` and write the TorchScript artefact to ``out``; returns its metadata."""
+    import torch
+    from model.export import export_model
+    from model.network import default_args_for
+    from model.train import TrainConfig, train
+
+    args = default_args_for(history.freq)
+    overrides: dict[str, object] = {"quantiles": tuple(quantiles), "n_static": len(history.static)}
+    if context_length is not None:
+        overrides["context_length"] = context_length
+    if horizons is not None:
+        overrides["horizons"] = horizons
+    args = dataclasses.replace(args, **overrides)
+
+    cfg = TrainConfig()
+    changes: dict[str, object] = {"seed": seed}
+    if epochs is not None:
+        changes["epochs"] = epochs
+    if max_minutes is not None:
+        changes["max_minutes"] = max_minutes
+    if feedback_stages is not None:
+        changes["feedback_stages"] = feedback_stages
+    if threads is not None:
+        changes["threads"] = threads
+    changes["device"] = (
+        "cuda" if device == "auto" and torch.cuda.is_available() else ("cpu" if device == "auto" else device)
+    )
+    cfg = dataclasses.replace(cfg, **changes)
+
+    def feedback_fn(forecasts: np.ndarray, qty: np.ndarray, observed: np.ndarray) -> np.ndarray:
+        return replay_feedback(forecasts, qty, observed, args.context_length, args.quantiles)
+
+    model, report = train(history, args, cfg, feedback_fn=feedback_fn, progress=progress)
+    meta = {
+        "freq": history.freq,
+        "quantiles": list(args.quantiles),
+        "horizons": args.horizons,
+        "context_length": args.context_length,
+        "features": {
+            "past": list(PAST_COVARIATES),
+            "future": list(FUTURE_COVARIATES),
+            "feedback": list(feedback_feature_names(args.quantiles)),
+        },
+        "static_columns": list(history.static),
+        "train_data": {
+            "source": source,
+            "items": history.n_items,
+            "buckets": history.n_buckets,
+            "first_bucket_start_ms": int(history.bucket_start_ms()[0]),
+            "last_bucket_start_ms": int(history.bucket_start_ms()[-1]),
+        },
+        "report": report,
+    }
+    out.parent.mkdir(parents=True, exist_ok=True)
+    return export_model(model, args, out, meta)
+
+
+def run_train(args: argparse.Namespace) -> int:
+    """The ``mqcast train`` command."""
+    history = read_history(args.data, None if args.bucket == "auto" else args.bucket)
+    history = cut_history(history, args.until)
+    log.info(
+        "training on %s: %d items x %d %s-buckets",
+        args.data,
+        history.n_items,
+        history.n_buckets,
+        history.freq,
+    )
+    meta = train_artifact(
+        history,
+        args.out,
+        context_length=args.context_length,
+        horizons=args.horizons,
+        quantiles=args.quantiles,
+        epochs=args.epochs,
+        max_minutes=args.max_minutes,
+        feedback_stages=args.feedback_stages,
+        seed=args.seed,
+        threads=args.threads,
+        device=args.device,
+        progress=not args.no_progress,
+        source=str(args.data),
+    )
+    print(f"wrote {args.out} (model {meta.get('version')})")
+    return 0
