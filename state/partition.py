@@ -108,6 +108,10 @@ class PartitionState:
             self.ids[start : start + len(new)] = new
         return rows[inverse]
 
+    def reserve(self, n: int) -> None:
+        """Make room for ``n`` item rows up front (restores and benchmarks know their size)."""
+        self._ensure_capacity(n)
+
     def _ensure_capacity(self, n: int) -> None:
         cap = self.capacity
         if n <= cap:

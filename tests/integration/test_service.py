@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import time
 import uuid
 from collections.abc import Callable
@@ -30,8 +31,14 @@ def _events(items: list[str], days: int, start_day: int = 0) -> list[dict]:
     out = []
     for d in range(start_day, start_day + days):
         for k, item in enumerate(items):
-            out.append({"item_id": item, "ts": T0 + d * DAY + 3_600_000 * (1 + k), "qty": float(1 + (d + k) % 4),
-                        "price": 2.0})
+            out.append(
+                {
+                    "item_id": item,
+                    "ts": T0 + d * DAY + 3_600_000 * (1 + k),
+                    "qty": float(1 + (d + k) % 4),
+                    "price": 2.0,
+                }
+            )
     return out
 
 
@@ -47,7 +54,10 @@ def _produce(bootstrap: str, topic: str, values: list[bytes | dict], keys: list[
 
 def _consume_all(bootstrap: str, topic: str, expected: int, timeout_s: float = 30.0) -> list:
     consumer = KafkaConsumer(
-        topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest", enable_auto_commit=False,
+        topic,
+        bootstrap_servers=bootstrap,
+        auto_offset_reset="earliest",
+        enable_auto_commit=False,
         group_id=f"check-{uuid.uuid4().hex[:8]}",
     )
     out: list = []
@@ -87,7 +97,11 @@ def _run_until(service: ForecastService, done: Callable[[], bool], timeout_s: fl
 
 @pytest.fixture
 def topics(topic_factory) -> dict[str, str]:
-    return {"sales": topic_factory(partitions=2), "forecasts": topic_factory(partitions=2), "dlq": topic_factory()}
+    return {
+        "sales": topic_factory(partitions=2),
+        "forecasts": topic_factory(partitions=2),
+        "dlq": topic_factory(),
+    }
 
 
 class Capture(ServiceObserver):
@@ -103,7 +117,9 @@ def test_events_in_forecasts_out_with_keys_and_shapes(bootstrap, topics, tiny_mo
     items = [f"sku-{i}" for i in range(6)]
     _produce(bootstrap, topics["sales"], _events(items, days=8))
     predictor = Predictor.load(tiny_model, "cpu")
-    service = ForecastService(_config(bootstrap, topics, tiny_model, "g-shapes"), predictor, CollectorRegistry())
+    service = ForecastService(
+        _config(bootstrap, topics, tiny_model, "g-shapes"), predictor, CollectorRegistry()
+    )
     try:
         # 8 days of events close 7 days in every partition that holds items.
         _run_until(service, lambda: service.stats.forecasts >= 7 * len(items))
@@ -130,8 +146,12 @@ def test_events_in_forecasts_out_with_keys_and_shapes(bootstrap, topics, tiny_mo
 def test_bad_events_go_to_dead_letters_and_the_service_keeps_going(bootstrap, topics, tiny_model):
     items = ["a", "b"]
     good = _events(items, days=4)
-    bad: list[bytes | dict] = [b"{oops", {"item_id": "a", "ts": T0, "qty": -3}, {"item_id": "a", "qty": 1},
-                               {"item_id": "a", "ts": "not a time", "qty": 1}]
+    bad: list[bytes | dict] = [
+        b"{oops",
+        {"item_id": "a", "ts": T0, "qty": -3},
+        {"item_id": "a", "qty": 1},
+        {"item_id": "a", "ts": "not a time", "qty": 1},
+    ]
     late = {"item_id": "a", "ts": T0 + 0 * DAY + 60_000, "qty": 5.0}  # day 0 closed by then
     values: list[bytes | dict] = [*good[:4], *bad, *good[4:], late, *_events(items, days=2, start_day=4)]
     _produce(bootstrap, topics["sales"], values, keys=["a"] * len(values))  # one partition: order is known
@@ -194,8 +214,10 @@ def test_feedback_features_change_after_realised_buckets(bootstrap, topics, tiny
     _produce(bootstrap, topics["sales"], _events(items, days=10))
     capture = Capture()
     service = ForecastService(
-        _config(bootstrap, topics, tiny_model, "g-feedback"), Predictor.load(tiny_model, "cpu"),
-        CollectorRegistry(), observer=capture,
+        _config(bootstrap, topics, tiny_model, "g-feedback"),
+        Predictor.load(tiny_model, "cpu"),
+        CollectorRegistry(),
+        observer=capture,
     )
     try:
         _run_until(service, lambda: service.stats.forecasts >= 9 * len(items))
@@ -203,18 +225,21 @@ def test_feedback_features_change_after_realised_buckets(bootstrap, topics, tiny
         service.close()
     for item in items:
         seq = sorted(capture.feedback[item], key=lambda t: t[0])
-        first_bucket, first_fb = seq[0]
+        _, first_fb = seq[0]
         assert np.all(first_fb == 0), "nothing is realised before the first forecast"
         weights = [fb[0] for _, fb in seq]
-        assert all(b > a for a, b in zip(weights, weights[1:], strict=False)), "each closed bucket adds evidence"
+        assert all(b > a for a, b in itertools.pairwise(weights)), (
+            "each closed bucket adds evidence"
+        )
         assert not np.allclose(seq[-1][1][1:], seq[-2][1][1:]), "error averages move with new realisations"
     assert service.metrics.rolling_wql() is not None
 
 
 def test_service_refuses_a_model_trained_on_other_buckets(bootstrap, topics, tiny_model):
     cfg = _config(bootstrap, topics, tiny_model, "g-refuse")
-    cfg = ServiceConfig(cfg.kafka, ModelServeConfig(path=tiny_model, device="cpu", bucket="W"), cfg.batcher,
-                        cfg.metrics)
+    cfg = ServiceConfig(
+        cfg.kafka, ModelServeConfig(path=tiny_model, device="cpu", bucket="W"), cfg.batcher, cfg.metrics
+    )
     with pytest.raises(ModelMismatchError, match="trained on 'D' buckets"):
         ForecastService(cfg, Predictor.load(tiny_model, "cpu"), CollectorRegistry())
 
@@ -223,8 +248,11 @@ def test_committed_offsets_cover_only_acknowledged_output(bootstrap, topics, tin
     items = ["c1", "c2"]
     events = _events(items, days=6)
     _produce(bootstrap, topics["sales"], events)
-    service = ForecastService(_config(bootstrap, topics, tiny_model, "g-ack"), Predictor.load(tiny_model, "cpu"),
-                              CollectorRegistry())
+    service = ForecastService(
+        _config(bootstrap, topics, tiny_model, "g-ack"),
+        Predictor.load(tiny_model, "cpu"),
+        CollectorRegistry(),
+    )
     try:
         _run_until(service, lambda: service.stats.events >= len(events))
         service.commit()

@@ -22,7 +22,9 @@ def test_ledger_feedback_equals_training_replay():
     qty = np.where(observed, qty, 0)
     forecasts = np.full((n_items, n_days, horizons, len(quantiles)), np.nan, dtype=np.float32)
 
-    cfg = StateConfig(freq="D", context_length=L, horizons=horizons, quantiles=quantiles, allowed_lateness_ms=0)
+    cfg = StateConfig(
+        freq="D", context_length=L, horizons=horizons, quantiles=quantiles, allowed_lateness_ms=0
+    )
     s = PartitionState(cfg)
     served = np.zeros((n_items, n_days, 6), dtype=np.float32)
     ids = np.array([f"i{i}" for i in range(n_items)], dtype=object)

@@ -95,7 +95,9 @@ def test_result_does_not_depend_on_how_events_are_batched():
         lates, out = [], []
         for a, b in zip([0, *split], [*split, n], strict=True):
             lates.append(s.ingest(items[a:b], ms[a:b], qty[a:b], price[a:b]))
-            out.extend((c.bucket, dict(zip(c.item_ids, c.target.tolist(), strict=True))) for c in _close_all(s))
+            out.extend(
+                (c.bucket, dict(zip(c.item_ids, c.target.tolist(), strict=True))) for c in _close_all(s)
+            )
         return np.concatenate(lates), out
 
     late1, out1 = run([])
@@ -107,7 +109,9 @@ def test_result_does_not_depend_on_how_events_are_batched():
 
 def test_price_is_quantity_weighted_and_carried_forward():
     s = PartitionState(_cfg())
-    _ingest(s, [("a", 10 * DAY, 1, 2.0), ("a", 10 * DAY + HOUR, 3, 4.0), ("a", 12 * DAY + 2 * HOUR, 0, np.nan)])
+    _ingest(
+        s, [("a", 10 * DAY, 1, 2.0), ("a", 10 * DAY + HOUR, 3, 4.0), ("a", 12 * DAY + 2 * HOUR, 0, np.nan)]
+    )
     closed = _close_all(s)
     np.testing.assert_allclose(closed[-1].price[0, -2:], [3.5, 3.5])
 

@@ -1,0 +1,79 @@
+"""A restored snapshot continues exactly like state that never stopped."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from state.config import StateConfig
+from state.errors import SnapshotError
+from state.partition import PartitionState
+from state.snapshot import restore, snapshot
+
+DAY = 86_400_000
+
+
+def _stream(seed: int = 3, n: int = 600):
+    rng = np.random.default_rng(seed)
+    ms = np.sort(rng.integers(0, 25 * DAY, n)) + rng.integers(-3_600_000, 3_600_000, n)
+    items = np.array([f"item-{k}" for k in rng.integers(0, 40, n)], dtype=object)
+    return items, ms, rng.integers(0, 6, n).astype(float), rng.uniform(1, 9, n)
+
+
+def _drive(state: PartitionState, batch, rng) -> list:
+    out = []
+    state.ingest(*batch)
+    while state.closable() is not None:
+        c = state.close_next()
+        vals = np.sort(rng.uniform(0, 5, (c.rows.size, state.cfg.horizons, 3)).astype(np.float32), axis=-1)
+        state.record_forecasts(c.bucket, c.rows, vals)
+        out.append((c.bucket, list(c.item_ids), c.target.copy(), c.feedback.copy(), c.price.copy()))
+    return out
+
+
+def _cfg() -> StateConfig:
+    return StateConfig(context_length=7, horizons=3, allowed_lateness_ms=3_600_000, initial_capacity=4)
+
+
+def test_snapshot_restore_continues_identically():
+    items, ms, qty, price = _stream()
+    cut = 317
+
+    def batches(lo, hi, step=50):
+        return [
+            (
+                items[a : min(a + step, hi)],
+                ms[a : min(a + step, hi)],
+                qty[a : min(a + step, hi)],
+                price[a : min(a + step, hi)],
+            )
+            for a in range(lo, hi, step)
+        ]
+
+    ref = PartitionState(_cfg())
+    rng = np.random.default_rng(0)
+    ref_out = [x for b in batches(0, len(ms)) for x in _drive(ref, b, rng)]
+
+    first = PartitionState(_cfg())
+    rng = np.random.default_rng(0)
+    out = [x for b in batches(0, cut) for x in _drive(first, b, rng)]
+    restored, offset = restore(snapshot(first, cut), _cfg())
+    assert offset == cut
+    out += [x for b in batches(cut, len(ms)) for x in _drive(restored, b, rng)]
+
+    assert len(out) == len(ref_out) > 10
+    for (b1, i1, t1, f1, p1), (b2, i2, t2, f2, p2) in zip(out, ref_out, strict=True):
+        assert b1 == b2 and i1 == i2
+        np.testing.assert_array_equal(t1, t2)
+        np.testing.assert_array_equal(f1, f2)
+        np.testing.assert_array_equal(p1, p2)
+
+
+def test_snapshot_of_other_configuration_is_refused():
+    s = PartitionState(_cfg())
+    s.ingest(*(x[:10] for x in _stream()))
+    data = snapshot(s, 10)
+    with pytest.raises(SnapshotError, match="context"):
+        restore(data, StateConfig(context_length=8, horizons=3))
+    with pytest.raises(SnapshotError, match="unreadable"):
+        restore(b"garbage", _cfg())
