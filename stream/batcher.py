@@ -37,6 +37,7 @@ class ForecastRequest:
     closed: ClosedBucket
     enqueued_at: float  # clock seconds
     closed_at: float  # clock seconds when the bucket closed, for end-to-end latency
+    publish: bool = True  # False while a restored partition replays output that already went out
 
     @property
     def rows(self) -> int:
@@ -59,10 +60,14 @@ class MicroBatcher:
     def __len__(self) -> int:
         return len(self._pending)
 
-    def add(self, partition: int, closed: ClosedBucket, closed_at: float | None = None) -> None:
+    def add(
+        self, partition: int, closed: ClosedBucket, closed_at: float | None = None, publish: bool = True
+    ) -> None:
         """Queue the forecasts of one closed bucket."""
         now = self.clock()
-        self._pending.append(ForecastRequest(partition, closed, now, now if closed_at is None else closed_at))
+        self._pending.append(
+            ForecastRequest(partition, closed, now, now if closed_at is None else closed_at, publish)
+        )
         self._rows += int(closed.rows.shape[0])
 
     def has_pending(self, partition: int) -> bool:

@@ -30,6 +30,17 @@ def parse_duration_ms(text: str) -> int:
     return round(float(value) * _UNIT_MS[unit or "s"])
 
 
+def _on_off(text: str | bool) -> bool:
+    if isinstance(text, bool):
+        return text
+    value = text.strip().lower()
+    if value in ("on", "true", "1", "yes"):
+        return True
+    if value in ("off", "false", "0", "no"):
+        return False
+    raise argparse.ArgumentTypeError(f"{text!r} is not on/off")
+
+
 def positive_int(text: str) -> int:
     """argparse type: an integer >= 1."""
     try:
@@ -112,6 +123,20 @@ class KafkaConfig:
     max_poll_records: int = 2000
     poll_timeout_ms: int = 100
     commit_interval_ms: int = 1000
+    #: "range" (Kafka's default, eager) or "cooperative-sticky" (moves only the partitions that must move).
+    assignor: str = "range"
+    #: Static membership: a restarted instance with the same id gets its partitions back without a rebalance.
+    group_instance_id: str | None = None
+
+
+@dataclass(frozen=True)
+class DurabilityConfig:
+    """How partition state survives crashes and moves between instances."""
+
+    #: Snapshot partition state to a compacted changelog topic and restore it on assignment.
+    changelog: bool = True
+    #: How often a snapshot is written (also on revoke and shutdown); a restore replays the input since.
+    checkpoint_interval_ms: int = 30_000
 
 
 @dataclass(frozen=True)
@@ -139,6 +164,7 @@ class ServiceConfig:
     model: ModelServeConfig = field(default_factory=ModelServeConfig)
     batcher: BatcherConfig = field(default_factory=BatcherConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    durability: DurabilityConfig = field(default_factory=DurabilityConfig)
     allowed_lateness_ms: int = 600_000
 
 
@@ -183,6 +209,38 @@ def add_service_arguments(parser: argparse.ArgumentParser) -> None:
         type=parse_duration_ms,
         default="1s",
         help="how often forecasts are flushed and offsets committed",
+    )
+    add_env_argument(
+        g,
+        "--assignor",
+        "ASSIGNOR",
+        choices=("range", "cooperative-sticky"),
+        default=KafkaConfig.assignor,
+        help="partition assignment strategy",
+    )
+    add_env_argument(
+        g,
+        "--group-instance-id",
+        "GROUP_INSTANCE_ID",
+        default=None,
+        help="static group membership id of this instance (unset: dynamic membership)",
+    )
+    d = parser.add_argument_group("durability")
+    add_env_argument(
+        d,
+        "--changelog",
+        "CHANGELOG",
+        type=_on_off,
+        default="on",
+        help="snapshot state to a compacted changelog topic and restore it on assignment (on/off)",
+    )
+    add_env_argument(
+        d,
+        "--checkpoint-interval",
+        "CHECKPOINT_INTERVAL",
+        type=parse_duration_ms,
+        default="30s",
+        help="how often state snapshots are written",
     )
     m = parser.add_argument_group("model")
     add_env_argument(m, "--model", "MODEL", type=Path, default=None, help="TorchScript model artefact")
@@ -245,8 +303,13 @@ def service_config_from_args(args: argparse.Namespace) -> ServiceConfig:
         client_id=args.client_id,
         max_poll_records=args.max_poll_records,
         commit_interval_ms=args.commit_interval,
+        assignor=args.assignor,
+        group_instance_id=args.group_instance_id,
     )
     model = ModelServeConfig(path=args.model, device=args.device, bucket=args.bucket)
     batcher = BatcherConfig(max_batch=args.max_batch, max_delay_ms=float(args.max_delay))
     metrics = MetricsConfig(host=args.metrics_host, port=args.metrics_port)
-    return ServiceConfig(kafka, model, batcher, metrics, allowed_lateness_ms=args.allowed_lateness)
+    durability = DurabilityConfig(changelog=args.changelog, checkpoint_interval_ms=args.checkpoint_interval)
+    return ServiceConfig(
+        kafka, model, batcher, metrics, durability, allowed_lateness_ms=args.allowed_lateness
+    )

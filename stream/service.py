@@ -18,14 +18,19 @@ from dataclasses import dataclass
 
 import numpy as np
 from kafka import KafkaConsumer, KafkaProducer
-from kafka.consumer.subscription_state import ConsumerRebalanceListener
+from kafka.consumer.subscription_state import AsyncConsumerRebalanceListener
+from kafka.coordinator.assignors.cooperative_sticky import CooperativeStickyPartitionAssignor
+from kafka.coordinator.assignors.range import RangePartitionAssignor
+from kafka.future import Future
 from kafka.structs import OffsetAndMetadata, TopicPartition
 from prometheus_client import CollectorRegistry
 
 from state.config import StateConfig
 from state.feedback import feedback_feature_names
 from state.partition import ClosedBucket, PartitionState
+from state.snapshot import restore, snapshot
 from stream.batcher import MicroBatcher, chunks
+from stream.changelog import Changelog, changelog_topic
 from stream.config import ServiceConfig
 from stream.decode import TimestampCache, decode_events
 from stream.errors import ModelMismatchError, OffsetOrderError
@@ -33,8 +38,17 @@ from stream.inference import Predictor
 from stream.inputs import StaticTable, concat_inputs, inputs_for
 from stream.metrics import ServiceMetrics
 from stream.publish import ForecastFormat, Publisher, encode_forecasts
+from stream.topics import TopicSpec, ensure_topics
 
 log = logging.getLogger("mqcast.service")
+
+# Only the newest value of each changelog key matters; compact soon so restores read little.
+_CHANGELOG_CONFIG = {
+    "cleanup.policy": "compact",
+    "segment.ms": "600000",
+    "min.cleanable.dirty.ratio": "0.1",
+    "max.message.bytes": "1048576",
+}
 
 
 @dataclass
@@ -47,6 +61,10 @@ class ServiceStats:
     buckets_closed: int = 0
     forecasts: int = 0
     commits: int = 0
+    checkpoints: int = 0
+    restored_partitions: int = 0
+    replayed_events: int = 0
+    suppressed_forecasts: int = 0
 
 
 def check_model_fits(meta: dict, cfg: ServiceConfig) -> None:
@@ -79,15 +97,38 @@ class ServiceObserver:
         """Forecasts [n, H, Q] were made for the items of ``closed`` and handed to the producer."""
 
 
-class _Rebalance(ConsumerRebalanceListener):
+def _in_worker(fn: Callable[[list[TopicPartition]], None], tps: list[TopicPartition]) -> Future:
+    """Run ``fn(tps)`` on a worker thread; the returned future resolves when it is done.
+
+    The client calls rebalance listeners on its IO thread, and committing, flushing or reading the
+    changelog from there would wait on that same thread. Awaiting a future keeps it free.
+    """
+    fut = Future()
+
+    def work() -> None:
+        try:
+            fn(tps)
+        except Exception as exc:  # reported through the future, re-raised by the listener
+            fut.failure(exc)
+        else:
+            fut.success(None)
+
+    threading.Thread(target=work, name="mqcast-rebalance", daemon=True).start()
+    return fut
+
+
+class _Rebalance(AsyncConsumerRebalanceListener):
     def __init__(self, service: ForecastService) -> None:
         self.service = service
 
-    def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
-        self.service.on_revoked(revoked)
+    async def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
+        await _in_worker(self.service.on_revoked, list(revoked))
 
-    def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
-        self.service.on_assigned(assigned)
+    async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
+        await _in_worker(self.service.on_assigned, list(assigned))
+
+    async def on_partitions_lost(self, lost: list[TopicPartition]) -> None:
+        await _in_worker(self.service.on_lost, list(lost))
 
 
 class ForecastService:
@@ -131,16 +172,27 @@ class ForecastService:
         self.stats = ServiceStats()
         self._timestamps = TimestampCache()
         self._last_commit = clock()
+        self._last_checkpoint = clock()
+        self._dirty: set[int] = set()
+        # Below these offsets a partition is being replayed after a restore: its output went out
+        # before the crash, so it is recomputed (the ledger needs it) but not published again.
+        self.replay_until: dict[TopicPartition, int] = {}
         k = cfg.kafka
+        assignor = (
+            CooperativeStickyPartitionAssignor
+            if k.assignor == "cooperative-sticky"
+            else RangePartitionAssignor
+        )
         self.consumer = KafkaConsumer(
             bootstrap_servers=k.bootstrap,
             group_id=k.group_id,
+            group_instance_id=k.group_instance_id,
             client_id=f"{k.client_id}-consumer",
             enable_auto_commit=False,
             auto_offset_reset="earliest",
             max_poll_records=k.max_poll_records,
+            partition_assignment_strategy=(assignor,),
         )
-        self.consumer.subscribe([k.sales_topic], listener=_Rebalance(self))
         producer = KafkaProducer(
             bootstrap_servers=k.bootstrap,
             client_id=f"{k.client_id}-producer",
@@ -151,6 +203,13 @@ class ForecastService:
             compression_type=None,
         )
         self.publisher = Publisher(producer, k.forecast_topic, k.dead_letter_topic)
+        self.changelog: Changelog | None = None
+        if cfg.durability.changelog:
+            topic = changelog_topic(k.group_id, k.sales_topic)
+            partitions = self.consumer.partitions_for_topic(k.sales_topic) or {0}
+            ensure_topics(k.bootstrap, [TopicSpec(topic, len(partitions), _CHANGELOG_CONFIG)])
+            self.changelog = Changelog(producer, k.bootstrap, topic)
+        self.consumer.subscribe([k.sales_topic], listener=_Rebalance(self))
 
     # -- the loop --------------------------------------------------------------------------------
 
@@ -186,17 +245,24 @@ class ForecastService:
         return self.stats
 
     def _process(self, tp: TopicPartition, recs: list) -> None:
+        replay_until = self.replay_until.get(tp, -1)
+        replaying = recs[-1].offset < replay_until
         batch = decode_events([r.value for r in recs], self._timestamps)
         for pos, reason in batch.invalid:
-            self._dead_letter(tp, recs[pos], reason, "invalid")
+            if recs[pos].offset >= replay_until:
+                self._dead_letter(tp, recs[pos], reason, "invalid")
         state = self.states.get(tp.partition)
         if state is None:
             state = self.states[tp.partition] = PartitionState(self.state_cfg, tp.partition)
         late = state.ingest(batch.item_ids, batch.event_ms, batch.qty, batch.price)
         for pos in batch.positions[late].tolist():
-            self._dead_letter(
-                tp, recs[pos], "event is later than the allowed lateness: its bucket is closed", "late"
-            )
+            if recs[pos].offset >= replay_until:
+                self._dead_letter(
+                    tp, recs[pos], "event is later than the allowed lateness: its bucket is closed", "late"
+                )
+        if replaying:
+            self.stats.replayed_events += len(recs)
+        self._dirty.add(tp.partition)
         n_late = int(late.sum())
         self.stats.events += len(recs)
         self.stats.invalid += len(batch.invalid)
@@ -206,14 +272,14 @@ class ForecastService:
             self.metrics.events_invalid.inc(len(batch.invalid))
         if n_late:
             self.metrics.events_late.inc(n_late)
-        self._close_ready(tp.partition, state)
+        self._close_ready(tp.partition, state, publish=not replaying)
         self.positions[tp] = recs[-1].offset + 1
 
     def _dead_letter(self, tp: TopicPartition, rec, reason: str, kind: str) -> None:
         self.publisher.dead_letter(rec.value, rec.key, reason, tp.topic, tp.partition, rec.offset)
         self.metrics.dead_letters.labels(reason=kind).inc()
 
-    def _close_ready(self, partition: int, state: PartitionState) -> None:
+    def _close_ready(self, partition: int, state: PartitionState, publish: bool = True) -> None:
         while state.closable() is not None:
             # The forecasts of the previous bucket must be in the ledger before the next bucket
             # closes, because closing scores them.
@@ -225,7 +291,7 @@ class ForecastService:
             self.metrics.observe_score(closed.score)
             self.observer.on_close(partition, closed)
             if closed.rows.size:
-                self.batcher.add(partition, closed)
+                self.batcher.add(partition, closed, publish=publish)
         self.metrics.items_tracked.set(sum(s.n_items for s in self.states.values()))
 
     def run_batches(self) -> int:
@@ -250,39 +316,68 @@ class ForecastService:
             offset += r.rows
             self.states[r.partition].record_forecasts(r.closed.bucket, r.closed.rows, values)
             self.observer.on_forecasts(r.partition, r.closed, values)
-            messages = encode_forecasts(self.format, r.closed.item_ids, r.closed.bucket, values, produced_ms)
-            self.publisher.forecasts(r.closed.item_ids, messages)
+            if r.publish:
+                messages = encode_forecasts(
+                    self.format, r.closed.item_ids, r.closed.bucket, values, produced_ms
+                )
+                self.publisher.forecasts(r.closed.item_ids, messages)
         self.publisher.flush()
         done = self.clock()
+        published = sum(r.rows for r in requests if r.publish)
         for r in requests:
-            self.metrics.end_to_end_seconds.observe(max(0.0, done - r.closed_at))
-        self.metrics.forecasts_published.inc(batch.rows)
-        self.stats.forecasts += batch.rows
+            if r.publish:
+                self.metrics.end_to_end_seconds.observe(max(0.0, done - r.closed_at))
+        self.metrics.forecasts_published.inc(published)
+        self.stats.forecasts += published
+        self.stats.suppressed_forecasts += batch.rows - published
         return batch.rows
 
-    def commit(self) -> None:
+    def commit(self, checkpoint: bool = False) -> None:
         """Commit what has been fully handled, in order:
 
         1. forecast every queued request (their forecasts are part of what the offsets cover);
-        2. wait until the broker acknowledged every forecast and dead letter;
-        3. commit the input offsets, which may only move forward.
+        2. when due (or asked), write a state snapshot of every changed partition to the changelog;
+        3. wait until the broker acknowledged every forecast, dead letter and snapshot;
+        4. commit the input offsets, which may only move forward.
         """
         self.run_batches()
+        interval = self.cfg.durability.checkpoint_interval_ms
+        if self.changelog is not None and (
+            checkpoint or (self.clock() - self._last_checkpoint) * 1000.0 >= interval
+        ):
+            self._checkpoint()
         self.publisher.flush()
         offsets = {}
         for tp, pos in self.positions.items():
             last = self.committed.get(tp)
-            if last is not None and pos < last:
-                raise OffsetOrderError(f"{tp.topic}[{tp.partition}]: commit {pos} is behind committed {last}")
-            if last != pos:
-                offsets[tp] = OffsetAndMetadata(pos, "", -1)
+            if last is not None and pos <= last:
+                continue  # replaying after a restore: the group is already past this point
+            offsets[tp] = OffsetAndMetadata(pos, "", -1)
         if offsets:
+            self._check_forward(offsets)
             self.consumer.commit(offsets)
             self.committed.update({tp: o.offset for tp, o in offsets.items()})
             self.stats.commits += 1
             self.metrics.commits.inc()
         self._last_commit = self.clock()
         self._update_lag()
+
+    def _check_forward(self, offsets: dict[TopicPartition, OffsetAndMetadata]) -> None:
+        for tp, o in offsets.items():
+            last = self.committed.get(tp)
+            if last is not None and o.offset < last:
+                raise OffsetOrderError(
+                    f"{tp.topic}[{tp.partition}]: commit {o.offset} is behind committed {last}"
+                )
+
+    def _checkpoint(self) -> None:
+        assert self.changelog is not None
+        for tp, pos in self.positions.items():
+            if tp.partition in self._dirty and tp.partition in self.states:
+                self.changelog.write(tp.partition, snapshot(self.states[tp.partition], pos), pos)
+                self.stats.checkpoints += 1
+        self._dirty.clear()
+        self._last_checkpoint = self.clock()
 
     def _update_lag(self) -> None:
         for tp, pos in self.positions.items():
@@ -293,27 +388,68 @@ class ForecastService:
     # -- group membership ------------------------------------------------------------------------
 
     def on_revoked(self, revoked: list[TopicPartition]) -> None:
-        """Before giving partitions up: finish and commit everything they caused."""
+        """Before giving partitions up: finish, snapshot and commit everything they caused."""
         if self.positions:
-            self.commit()
-        for tp in revoked:
+            self.commit(checkpoint=True)
+        self._forget(revoked)
+
+    def on_lost(self, lost: list[TopicPartition]) -> None:
+        """Partitions taken away without a revoke (this member was evicted): nothing may be committed
+        for them any more; their new owner restores the last snapshot."""
+        self.batcher.take()  # their forecasts would be published by an instance that no longer owns them
+        self._forget(lost)
+
+    def _forget(self, tps: list[TopicPartition]) -> None:
+        for tp in tps:
             self.states.pop(tp.partition, None)
             self.positions.pop(tp, None)
             self.committed.pop(tp, None)
+            self.replay_until.pop(tp, None)
+            self._dirty.discard(tp.partition)
             with contextlib.suppress(KeyError):
                 self.metrics.consumer_lag.remove(str(tp.partition))
+        self.metrics.items_tracked.set(sum(s.n_items for s in self.states.values()))
 
     def on_assigned(self, assigned: list[TopicPartition]) -> None:
-        """New partitions start with empty state; they resume from the group's committed offsets."""
+        """Take partitions over: restore their state and seek to the offset that state includes."""
         for tp in assigned:
-            self.states.setdefault(tp.partition, PartitionState(self.state_cfg, tp.partition))
-        log.info("assigned %s", sorted(tp.partition for tp in assigned))
+            if tp.partition in self.states:
+                continue  # kept across a cooperative rebalance
+            committed = self.consumer.committed(tp)
+            if committed is not None:
+                self.committed[tp] = committed
+            if self.changelog is None:
+                self.states[tp.partition] = PartitionState(self.state_cfg, tp.partition)
+                continue
+            found = self.changelog.read_latest(tp.partition)
+            if found is None:
+                state, offset = PartitionState(self.state_cfg, tp.partition), None
+            else:
+                state, offset = restore(found[0], self.state_cfg)
+                self.stats.restored_partitions += 1
+            self.states[tp.partition] = state
+            if offset is None:
+                # No snapshot: the state is rebuilt from the start of the retained input.
+                self.consumer.seek_to_beginning(tp)
+            else:
+                self.consumer.seek(tp, offset)
+                self.positions[tp] = offset
+            if committed is not None:
+                self.replay_until[tp] = committed
+            log.info(
+                "partition %d: %s, resuming at %s (committed %s)",
+                tp.partition,
+                "restored" if offset is not None else "no snapshot",
+                offset,
+                committed,
+            )
+        self.metrics.items_tracked.set(sum(s.n_items for s in self.states.values()))
 
     def close(self) -> None:
-        """Finish the batch in hand, publish, commit, and leave the group."""
+        """Finish the batch in hand, publish, snapshot, commit, and leave the group."""
         try:
             if self.positions:
-                self.commit()
+                self.commit(checkpoint=True)
         finally:
             self.consumer.close(autocommit=False)
             self.publisher.producer.close(timeout=10)

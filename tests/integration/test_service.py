@@ -228,9 +228,7 @@ def test_feedback_features_change_after_realised_buckets(bootstrap, topics, tiny
         _, first_fb = seq[0]
         assert np.all(first_fb == 0), "nothing is realised before the first forecast"
         weights = [fb[0] for _, fb in seq]
-        assert all(b > a for a, b in itertools.pairwise(weights)), (
-            "each closed bucket adds evidence"
-        )
+        assert all(b > a for a, b in itertools.pairwise(weights)), "each closed bucket adds evidence"
         assert not np.allclose(seq[-1][1][1:], seq[-2][1][1:]), "error averages move with new realisations"
     assert service.metrics.rolling_wql() is not None
 
