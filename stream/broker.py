@@ -262,7 +262,7 @@ class LocalBroker:
                 time.sleep(0.5)
         self.stop()
         waited = f"{self.cfg.start_timeout_s:.0f}s"
-        raise BrokerError(f"the Kafka broker did not answer within {waited} ({last_error!r}):\n{self._tail()}")
+        raise BrokerError(f"Kafka did not answer within {waited} ({last_error!r}):\n{self._tail()}")
 
     def stop(self, timeout_s: float = 20.0) -> None:
         """Stop the broker (SIGTERM, then SIGKILL), and remove its data if it was temporary."""
