@@ -70,7 +70,7 @@ def inputs_for(closed: ClosedBucket, freq: str, horizons: int, statics: StaticTa
         target=closed.target,
         observed=closed.observed,
         past_cov=past_cov,
-        future_cov=np.broadcast_to(future_cal, (n, *future_cal.shape)),
+        future_cov=np.repeat(future_cal[None], n, axis=0),
         static=statics.ids_for(closed.item_ids),
         feedback=closed.feedback,
     )

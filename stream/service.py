@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 from kafka import KafkaConsumer, KafkaProducer
 from kafka.consumer.subscription_state import AsyncConsumerRebalanceListener
-from kafka.coordinator.assignors.cooperative_sticky import CooperativeStickyPartitionAssignor
+from kafka.coordinator.assignors.cooperative_sticky import CooperativeStickyAssignor
 from kafka.coordinator.assignors.range import RangePartitionAssignor
 from kafka.future import Future
 from kafka.structs import OffsetAndMetadata, TopicPartition
@@ -178,11 +178,7 @@ class ForecastService:
         # before the crash, so it is recomputed (the ledger needs it) but not published again.
         self.replay_until: dict[TopicPartition, int] = {}
         k = cfg.kafka
-        assignor = (
-            CooperativeStickyPartitionAssignor
-            if k.assignor == "cooperative-sticky"
-            else RangePartitionAssignor
-        )
+        assignor = CooperativeStickyAssignor if k.assignor == "cooperative-sticky" else RangePartitionAssignor
         self.consumer = KafkaConsumer(
             bootstrap_servers=k.bootstrap,
             group_id=k.group_id,

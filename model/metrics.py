@@ -1,0 +1,54 @@
+"""Accuracy metrics over numpy arrays; NaN marks "no value" and quantiles are the last axis."""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def pinball(y: np.ndarray, pred: np.ndarray, quantiles: np.ndarray) -> np.ndarray:
+    """Pinball (quantile) loss of each prediction: ``y`` [...], ``pred`` [..., Q] -> [..., Q]."""
+    q = np.asarray(quantiles, dtype=np.float64)
+    diff = np.asarray(y, dtype=np.float64)[..., None] - pred
+    return np.maximum(q * diff, (q - 1.0) * diff)
+
+
+def weighted_quantile_loss(
+    y: np.ndarray, pred: np.ndarray, quantiles: np.ndarray
+) -> tuple[np.ndarray, float]:
+    """wQL per quantile and their mean: ``2 * sum(pinball) / sum(|y|)`` over cells where both exist."""
+    y = np.asarray(y, dtype=np.float64)
+    ok = np.isfinite(y) & np.all(np.isfinite(pred), axis=-1)
+    if not ok.any():
+        return np.full(len(quantiles), np.nan), float("nan")
+    loss = pinball(y[ok], pred[ok], quantiles).sum(axis=0)
+    denom = np.abs(y[ok]).sum()
+    per_q = 2.0 * loss / denom if denom > 0 else np.full(len(quantiles), np.nan)
+    return per_q, float(np.mean(per_q))
+
+
+def coverage(y: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> float:
+    """Share of actuals inside ``[lo, hi]`` (cells with all three present)."""
+    ok = np.isfinite(y) & np.isfinite(lo) & np.isfinite(hi)
+    if not ok.any():
+        return float("nan")
+    return float(((y[ok] >= lo[ok]) & (y[ok] <= hi[ok])).mean())
+
+
+def volatility(forecasts: np.ndarray, y: np.ndarray, median_index: int) -> float:
+    """How much successive forecasts of the same target move, relative to the demand level.
+
+    ``forecasts`` is [N, T, H, Q] (origin ``t``, horizon ``h+1`` targets ``t+h+1``). For every target,
+    the change of the median between the forecasts from origins ``t`` and ``t+1`` (horizons ``h+1``
+    and ``h``) is averaged, then divided by mean |y|.
+    """
+    med = forecasts[..., median_index]  # [N, T, H]
+    if med.shape[1] < 2 or med.shape[2] < 2:
+        return float("nan")
+    earlier = med[:, :-1, 1:]  # origin t, horizon h+1
+    later = med[:, 1:, :-1]  # origin t+1, horizon h: same target
+    change = np.abs(later - earlier)
+    ok = np.isfinite(change)
+    level = np.nanmean(np.abs(y))
+    if not ok.any() or not np.isfinite(level) or level <= 0:
+        return float("nan")
+    return float(change[ok].mean() / level)
