@@ -250,6 +250,13 @@ class LocalBroker:
         while time.monotonic() < deadline:
             if self._proc is None or self._proc.poll() is not None:
                 raise BrokerError(f"the Kafka broker exited while starting:\n{self._tail()}")
+            # Knock on the port first: a client pointed at a closed port logs a connection error per try.
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=1.0).close()
+            except OSError as exc:
+                last_error = exc
+                time.sleep(0.25)
+                continue
             try:
                 admin = KafkaAdminClient(bootstrap_servers=self.bootstrap, request_timeout_ms=5000)
                 try:

@@ -38,3 +38,9 @@ def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("model") / "tiny.pt"
     train_artifact(synthetic_history(), path, epochs=3, feedback_stages=1, threads=1, progress=False)
     return path
+
+
+@pytest.fixture
+def make_history():
+    """Factory of synthetic daily histories (see :func:`synthetic_history`)."""
+    return synthetic_history
