@@ -191,10 +191,10 @@ class MQCNN(nn.Module):
         ctx = ctx + self.horizon_emb
         agn = g[..., self.horizons * self.horizon_context :].unsqueeze(2).expand(-1, -1, self.horizons, -1)
         raw = self.local_mlp(torch.cat([ctx, agn, future_cov], dim=-1))  # [B, T, H, Q]
-        # Non-negative and non-crossing: a positive base plus positive increments.
-        steps = F.softplus(raw)
-        q = torch.cumsum(steps, dim=-1)
-        return q * scale.unsqueeze(-1).unsqueeze(-1)
+        # Non-crossing: a free base plus positive increments. Non-negative: the ReLU after it, which
+        # also lets low quantiles be exactly zero, as they are for intermittent demand.
+        q = raw[..., :1] + torch.cumsum(F.pad(F.softplus(raw[..., 1:]), (1, 0)), dim=-1)
+        return F.relu(q) * scale.unsqueeze(-1).unsqueeze(-1)
 
     @torch.jit.export
     def forward_all(

@@ -21,7 +21,7 @@ from tqdm import tqdm
 from model.dataset import TrainingTensors, build_tensors
 from model.history import History
 from model.loss import pinball_loss
-from model.metrics import weighted_quantile_loss
+from model.metrics import coverage, weighted_quantile_loss
 from model.network import MQCNN, ModelArgs, n_parameters
 
 FeedbackFn = Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray]
@@ -128,7 +128,7 @@ def train(
     steps_per_epoch = math.ceil(tt.n_items / cfg.batch_size)
     total_steps = sum(e for _, e, _ in plan) * steps_per_epoch
     history_log: list[dict] = []
-    best: tuple[float, dict] | None = None
+    best: tuple[float, dict, float] | None = None
     bar = tqdm(total=total_steps, disable=not progress, desc="train", unit="step")
     for stage, epochs, stage_budget in plan:
         if stage > 0:
@@ -160,11 +160,19 @@ def train(
                 total += loss.item() * rows.size
                 weight += rows.size
                 bar.update(1)
-            val = evaluate(model, tt, fb, val_mask, args.quantiles, device)
-            history_log.append({"stage": stage, "epoch": epoch, "train_loss": total / weight, "val_wql": val})
+            val, cov = evaluate(model, tt, fb, val_mask, args.quantiles, device)
+            history_log.append(
+                {
+                    "stage": stage,
+                    "epoch": epoch,
+                    "train_loss": total / weight,
+                    "val_wql": val,
+                    "val_coverage": cov,
+                }
+            )
             bar.set_postfix_str(f"stage {stage} loss {total / weight:.4f} val wQL {val:.4f}", refresh=False)
             if best is None or (np.isfinite(val) and val < best[0]):
-                best = (val, copy.deepcopy(model.state_dict()))
+                best = (val, copy.deepcopy(model.state_dict()), cov)
             if time.monotonic() - stage_start > stage_budget:
                 break
     bar.close()
@@ -173,6 +181,7 @@ def train(
     model.eval()
     report = {
         "val_wql": best[0],
+        "val_coverage": best[2],
         "validation_buckets": v,
         "epochs_run": len(history_log),
         "stages": stages,

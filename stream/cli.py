@@ -283,6 +283,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     if not args.verbose:
         logging.getLogger("kafka").setLevel(logging.WARNING)
+        # The client warns about its own slow loop turns whenever the CPU is busy forecasting.
+        logging.getLogger("kafka.net.selector").setLevel(logging.ERROR)
     try:
         return int(args.func(args) or 0)
     except MqcastError as exc:

@@ -96,22 +96,32 @@ class ServiceObserver:
     def on_forecasts(self, partition: int, closed: ClosedBucket, values: np.ndarray) -> None:
         """Forecasts [n, H, Q] were made for the items of ``closed`` and handed to the producer."""
 
+    def on_published(self, latencies_s: list[float], rows: int) -> None:
+        """A micro-batch was acknowledged: seconds from each of its buckets closing, and its size."""
 
-def _in_worker(fn: Callable[[list[TopicPartition]], None], tps: list[TopicPartition]) -> Future:
+
+def _in_worker(
+    fn: Callable[[list[TopicPartition]], None],
+    tps: list[TopicPartition],
+    on_loop: Callable[[Callable[[], None]], object],
+) -> Future:
     """Run ``fn(tps)`` on a worker thread; the returned future resolves when it is done.
 
     The client calls rebalance listeners on its IO thread, and committing, flushing or reading the
-    changelog from there would wait on that same thread. Awaiting a future keeps it free.
+    changelog from there would wait on that same thread. The listener awaits this future instead,
+    and the worker resolves it through ``on_loop`` (the IO loop's thread-safe scheduler) so the loop
+    wakes at once.
     """
     fut = Future()
 
     def work() -> None:
         try:
             fn(tps)
-        except Exception as exc:  # reported through the future, re-raised by the listener
-            fut.failure(exc)
+        except Exception as exc:  # reported through the future, re-raised in the listener
+            # The loop takes plain functions only; the default argument keeps the exception alive.
+            on_loop(lambda e=exc: fut.failure(e))
         else:
-            fut.success(None)
+            on_loop(lambda: fut.success(None))
 
     threading.Thread(target=work, name="mqcast-rebalance", daemon=True).start()
     return fut
@@ -120,15 +130,18 @@ def _in_worker(fn: Callable[[list[TopicPartition]], None], tps: list[TopicPartit
 class _Rebalance(AsyncConsumerRebalanceListener):
     def __init__(self, service: ForecastService) -> None:
         self.service = service
+        # kafka-python exposes no public way to schedule onto its IO loop from another thread.
+        net = getattr(service.consumer, "_net", None)
+        self.on_loop = net.call_soon_threadsafe if net is not None else (lambda cb: cb())
 
     async def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
-        await _in_worker(self.service.on_revoked, list(revoked))
+        await _in_worker(self.service.on_revoked, list(revoked), self.on_loop)
 
     async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
-        await _in_worker(self.service.on_assigned, list(assigned))
+        await _in_worker(self.service.on_assigned, list(assigned), self.on_loop)
 
     async def on_partitions_lost(self, lost: list[TopicPartition]) -> None:
-        await _in_worker(self.service.on_lost, list(lost))
+        await _in_worker(self.service.on_lost, list(lost), self.on_loop)
 
 
 class ForecastService:
@@ -320,9 +333,10 @@ class ForecastService:
         self.publisher.flush()
         done = self.clock()
         published = sum(r.rows for r in requests if r.publish)
-        for r in requests:
-            if r.publish:
-                self.metrics.end_to_end_seconds.observe(max(0.0, done - r.closed_at))
+        latencies = [max(0.0, done - r.closed_at) for r in requests if r.publish]
+        for lat in latencies:
+            self.metrics.end_to_end_seconds.observe(lat)
+        self.observer.on_published(latencies, published)
         self.metrics.forecasts_published.inc(published)
         self.stats.forecasts += published
         self.stats.suppressed_forecasts += batch.rows - published

@@ -1,0 +1,27 @@
+"""Run every benchmark and print their tables: ``python -m bench [ingest inference latency scale]``."""
+
+from __future__ import annotations
+
+import sys
+
+from bench import inference, ingest, latency, scale
+
+BENCHMARKS = {
+    "ingest": ingest.main,
+    "inference": inference.main,
+    "latency": latency.main,
+    "scale": scale.main,
+}
+
+
+def main() -> None:
+    names = sys.argv[1:] or list(BENCHMARKS)
+    for name in names:
+        if name not in BENCHMARKS:
+            raise SystemExit(f"unknown benchmark {name!r}; choose from {', '.join(BENCHMARKS)}")
+        BENCHMARKS[name]([])
+        print()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,76 @@
+"""What the benchmarks share: a broker to talk to, a model to run, a table to print."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import platform
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import orjson
+
+
+@contextlib.contextmanager
+def bootstrap_server() -> Iterator[str]:
+    """``MQCAST_BOOTSTRAP`` if set, else a local broker for the duration."""
+    if os.environ.get("MQCAST_BOOTSTRAP"):
+        yield os.environ["MQCAST_BOOTSTRAP"]
+        return
+    from stream.broker import BrokerConfig, LocalBroker
+
+    with LocalBroker(BrokerConfig(heap="1g")) as broker:
+        yield broker.bootstrap
+
+
+def machine() -> str:
+    """One line naming the machine the figures come from."""
+    import torch
+
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
+    cpu = platform.processor() or platform.machine()
+    return f"{cpu}, {os.cpu_count()} cores, {gpu}, torch {torch.__version__}"
+
+
+def synthetic_events(n: int, n_items: int, days: int, seed: int = 0) -> list[bytes]:
+    """``n`` encoded sales events over ``n_items`` items and ``days`` days, in time order."""
+    rng = np.random.default_rng(seed)
+    t0 = 1_600_000_000_000 - 1_600_000_000_000 % 86_400_000
+    ms = np.sort(rng.integers(0, days * 86_400_000, n)) + t0
+    items = rng.integers(0, n_items, n)
+    qty = rng.integers(1, 5, n)
+    return [
+        orjson.dumps({"item_id": f"item-{i}", "ts": int(t), "qty": int(q), "price": 2.5})
+        for i, t, q in zip(items.tolist(), ms.tolist(), qty.tolist(), strict=True)
+    ]
+
+
+def table(rows: list[tuple[str, str]], title: str) -> str:
+    """A two-column Markdown table."""
+    width = max(len(r[0]) for r in rows)
+    lines = [f"### {title}", "", f"| {'figure'.ljust(width)} | value |", f"|{'-' * (width + 2)}|-------|"]
+    lines += [f"| {k.ljust(width)} | {v} |" for k, v in rows]
+    return "\n".join(lines)
+
+
+def default_model(tmp: Path) -> Path:
+    """An untrained default daily model exported like a trained one (speed does not depend on weights)."""
+    from model.export import export_model
+    from model.features import FUTURE_COVARIATES, PAST_COVARIATES
+    from model.network import MQCNN, default_args_for
+    from state.feedback import feedback_feature_names
+
+    args = default_args_for("D")
+    path = tmp / "bench-model.pt"
+    meta = {
+        "freq": "D",
+        "features": {
+            "past": list(PAST_COVARIATES),
+            "future": list(FUTURE_COVARIATES),
+            "feedback": list(feedback_feature_names(args.quantiles)),
+        },
+        "static_columns": [],
+    }
+    export_model(MQCNN(args).eval(), args, path, meta)
+    return path

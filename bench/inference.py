@@ -1,0 +1,115 @@
+"""Inference: item-forecasts/s of the whole micro-batch step against the bare TorchScript forward.
+
+The step is what the service does per batch: assemble the inputs from a closed bucket (features,
+calendar), run the model, record the forecasts in the ledger and encode the forecast messages. The
+bare figure runs only the scripted forward on ready tensors of the same batch size, in the same run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from bench.common import default_model, machine, table
+from state.config import StateConfig
+from state.partition import ClosedBucket, PartitionState
+from stream.inference import Predictor
+from stream.inputs import StaticTable, inputs_for
+from stream.publish import ForecastFormat, encode_forecasts
+
+DAY = 86_400_000
+
+
+def _closed_bucket(n_items: int, cfg: StateConfig) -> tuple[PartitionState, ClosedBucket]:
+    rng = np.random.default_rng(0)
+    s = PartitionState(cfg)
+    ids = np.array([f"item-{i}" for i in range(n_items)], dtype=object)
+    for d in range(cfg.context_length + 2):
+        sel = rng.random(n_items) < 0.3
+        s.ingest(
+            ids[sel],
+            np.full(sel.sum(), d * DAY + 3_600_000),
+            rng.integers(1, 5, sel.sum()),
+            np.full(sel.sum(), 2.0),
+        )
+        while s.closable() is not None:
+            closed = s.close_next()
+    return s, closed
+
+
+def _rate(fn, rows: int, min_s: float = 2.0) -> float:
+    fn()  # warm-up
+    n, t0 = 0, time.perf_counter()
+    while time.perf_counter() - t0 < min_s:
+        fn()
+        n += 1
+    return n * rows / (time.perf_counter() - t0)
+
+
+def run(n_items: int, batch_sizes: list[int], device: str) -> list[tuple[str, str]]:
+    with tempfile.TemporaryDirectory() as tmp:
+        predictor = Predictor.load(default_model(Path(tmp)), device)
+    meta = predictor.meta
+    cfg = StateConfig(
+        context_length=meta["context_length"], horizons=meta["horizons"], quantiles=tuple(meta["quantiles"])
+    )
+    state, closed = _closed_bucket(n_items, cfg)
+    statics = StaticTable((), 1024)
+    fmt = ForecastFormat("D", predictor.version, cfg.quantiles, cfg.horizons)
+    rows = [("device", str(predictor.device)), ("items in the closed bucket", f"{closed.rows.size:,}")]
+    for b in batch_sizes:
+        b = min(b, closed.rows.size)
+        part = ClosedBucket(
+            closed.bucket,
+            closed.rows[:b],
+            closed.item_ids[:b],
+            closed.target[:b],
+            closed.observed[:b],
+            closed.price[:b],
+            closed.feedback[:b],
+            closed.window_buckets,
+            closed.score,
+        )
+        ready = inputs_for(part, "D", cfg.horizons, statics)
+        tensors = [
+            torch.from_numpy(np.ascontiguousarray(getattr(ready, f))).to(predictor.device)
+            for f in ("target", "observed", "past_cov", "future_cov", "static", "feedback")
+        ]
+
+        def bare(tensors: list[torch.Tensor] = tensors) -> None:
+            with torch.inference_mode():
+                predictor.module(*tensors)
+            if predictor.device.type == "cuda":
+                torch.cuda.synchronize()
+
+        def step(part: ClosedBucket = part) -> None:
+            values = predictor.predict(inputs_for(part, "D", cfg.horizons, statics))
+            state.record_forecasts(part.bucket, part.rows, values)
+            encode_forecasts(fmt, part.item_ids, part.bucket, values, 0)
+
+        bare_rate = _rate(bare, b)
+        step_rate = _rate(step, b)
+        rows.append((f"batch {b:>6}: bare forward", f"{bare_rate:,.0f} forecasts/s"))
+        rows.append(
+            (f"batch {b:>6}: whole step", f"{step_rate:,.0f} forecasts/s (ratio {step_rate / bare_rate:.2f})")
+        )
+    return rows
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("--items", type=int, default=20_000)
+    p.add_argument("--batch-sizes", default="256,1024,4096,16384")
+    p.add_argument("--device", default="auto")
+    a = p.parse_args(argv)
+    sizes = [int(x) for x in a.batch_sizes.split(",")]
+    print(table(run(a.items, sizes, a.device), f"Inference ({machine()}, {torch.get_num_threads()} threads)"))
+
+
+if __name__ == "__main__":
+    main()

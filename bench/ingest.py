@@ -1,0 +1,94 @@
+"""Ingest: events/s through consume -> decode -> validate -> state update, against the bare client.
+
+Both read the same topic in the same run: first the bare kafka-python consumer (the ceiling for this
+client), then the same consumer feeding mqcast's decoding and per-partition state.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+import uuid
+
+from kafka import KafkaConsumer, KafkaProducer
+from kafka.admin import KafkaAdminClient, NewTopic
+
+from bench.common import bootstrap_server, machine, synthetic_events, table
+from state.config import StateConfig
+from state.partition import PartitionState
+from stream.decode import TimestampCache, decode_events
+
+
+def _consumer(bootstrap: str, topic: str) -> KafkaConsumer:
+    return KafkaConsumer(
+        topic,
+        bootstrap_servers=bootstrap,
+        group_id=f"bench-{uuid.uuid4().hex[:8]}",
+        auto_offset_reset="earliest",
+        enable_auto_commit=False,
+        max_poll_records=2000,
+        fetch_max_bytes=52428800,
+        max_partition_fetch_bytes=8 * 1048576,
+    )
+
+
+def _drain(consumer: KafkaConsumer, n: int, handle) -> float:
+    got = 0
+    t0 = None
+    deadline = time.monotonic() + 600
+    while got < n and time.monotonic() < deadline:
+        for tp, recs in consumer.poll(timeout_ms=1000, max_records=2000).items():
+            if t0 is None:
+                t0 = time.perf_counter()
+            handle(tp, recs)
+            got += len(recs)
+    return got / (time.perf_counter() - (t0 or time.perf_counter()))
+
+
+def run(n_events: int, n_items: int, partitions: int) -> list[tuple[str, str]]:
+    with bootstrap_server() as bootstrap:
+        topic = f"bench-ingest-{uuid.uuid4().hex[:8]}"
+        admin = KafkaAdminClient(bootstrap_servers=bootstrap)
+        admin.create_topics([NewTopic(topic, partitions, 1)])
+        admin.close()
+        producer = KafkaProducer(bootstrap_servers=bootstrap, linger_ms=20, batch_size=1 << 20)
+        for v in synthetic_events(n_events, n_items, days=30):
+            producer.send(topic, value=v, key=v[12:24])
+        producer.flush()
+        producer.close()
+
+        raw_consumer = _consumer(bootstrap, topic)
+        raw_rate = _drain(raw_consumer, n_events, lambda tp, recs: None)
+        raw_consumer.close()
+
+        cfg = StateConfig()
+        states: dict[int, PartitionState] = {}
+        cache = TimestampCache()
+
+        def handle(tp, recs) -> None:
+            batch = decode_events([r.value for r in recs], cache)
+            state = states.setdefault(tp.partition, PartitionState(cfg, tp.partition))
+            state.ingest(batch.item_ids, batch.event_ms, batch.qty, batch.price)
+
+        ours_consumer = _consumer(bootstrap, topic)
+        ours_rate = _drain(ours_consumer, n_events, handle)
+        ours_consumer.close()
+    return [
+        ("events", f"{n_events:,} over {n_items:,} items, {partitions} partitions"),
+        ("bare kafka-python consume", f"{raw_rate:,.0f} events/s"),
+        ("consume + decode + validate + state", f"{ours_rate:,.0f} events/s"),
+        ("ratio (target >= 0.8)", f"{ours_rate / raw_rate:.2f}"),
+    ]
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("--events", type=int, default=300_000)
+    p.add_argument("--items", type=int, default=20_000)
+    p.add_argument("--partitions", type=int, default=4)
+    a = p.parse_args(argv)
+    print(table(run(a.events, a.items, a.partitions), f"Ingest ({machine()})"))
+
+
+if __name__ == "__main__":
+    main()
