@@ -84,15 +84,21 @@ def _validation_mask(tt: TrainingTensors, v: int) -> tuple[np.ndarray, np.ndarra
 
 
 def evaluate(
-    model: MQCNN, tt: TrainingTensors, fb: np.ndarray, cells: np.ndarray, quantiles: tuple, device
-) -> float:
-    """wQL of the model's forecasts on the given cells (a mask [N, T, H])."""
+    model: MQCNN,
+    tt: TrainingTensors,
+    fb: np.ndarray,
+    cells: np.ndarray,
+    quantiles: tuple,
+    device: torch.device,
+) -> tuple[float, float]:
+    """wQL and outer-interval coverage of the model's forecasts on the given cells (a mask [N, T, H])."""
     pred = forecast_all(model, tt, fb, device)
     ok = cells > 0
     if not ok.any():
-        return float("nan")
-    _, wql = weighted_quantile_loss(tt.ahead[ok], pred[ok], np.asarray(quantiles))
-    return wql
+        return float("nan"), float("nan")
+    y, p = tt.ahead[ok], pred[ok]
+    _, wql = weighted_quantile_loss(y, p, np.asarray(quantiles))
+    return wql, coverage(y, p[:, 0], p[:, -1])
 
 
 def train(

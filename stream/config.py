@@ -127,6 +127,8 @@ class KafkaConfig:
     assignor: str = "range"
     #: Static membership: a restarted instance with the same id gets its partitions back without a rebalance.
     group_instance_id: str | None = None
+    #: How long the group waits for a silent member before moving its partitions (a crash's cost).
+    session_timeout_ms: int = 45_000
 
 
 @dataclass(frozen=True)
@@ -225,6 +227,14 @@ def add_service_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="static group membership id of this instance (unset: dynamic membership)",
     )
+    add_env_argument(
+        g,
+        "--session-timeout",
+        "SESSION_TIMEOUT",
+        type=parse_duration_ms,
+        default="45s",
+        help="how long the group waits for a silent member before moving its partitions (>= 6s)",
+    )
     d = parser.add_argument_group("durability")
     add_env_argument(
         d,
@@ -305,6 +315,7 @@ def service_config_from_args(args: argparse.Namespace) -> ServiceConfig:
         commit_interval_ms=args.commit_interval,
         assignor=args.assignor,
         group_instance_id=args.group_instance_id,
+        session_timeout_ms=args.session_timeout,
     )
     model = ModelServeConfig(path=args.model, device=args.device, bucket=args.bucket)
     batcher = BatcherConfig(max_batch=args.max_batch, max_delay_ms=float(args.max_delay))

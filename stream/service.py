@@ -201,6 +201,8 @@ class ForecastService:
             auto_offset_reset="earliest",
             max_poll_records=k.max_poll_records,
             partition_assignment_strategy=(assignor,),
+            session_timeout_ms=k.session_timeout_ms,
+            heartbeat_interval_ms=max(500, k.session_timeout_ms // 3),
         )
         producer = KafkaProducer(
             bootstrap_servers=k.bootstrap,
