@@ -21,7 +21,7 @@ from tqdm import tqdm
 from model.dataset import TrainingTensors, build_tensors
 from model.history import History
 from model.loss import pinball_loss
-from model.metrics import weighted_quantile_loss
+from model.metrics import coverage, weighted_quantile_loss
 from model.network import MQCNN, ModelArgs, n_parameters
 
 FeedbackFn = Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray]
