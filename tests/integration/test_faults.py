@@ -12,6 +12,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from pathlib import Path
@@ -209,12 +210,27 @@ def _serve(bootstrap: str, topics: Topics, model: Path, group: str, instance: st
         "6s",
     ]
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    return subprocess.Popen(
-        cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env, start_new_session=True
-    )
+    log = tempfile.NamedTemporaryFile(prefix=f"mqcast-{instance}-", suffix=".log", delete=False)  # noqa: SIM115
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=log, env=env, start_new_session=True)
+    proc.log_path = log.name  # type: ignore[attr-defined]
+    log.close()
+    return proc
 
 
-def _stop(proc: subprocess.Popen, sig: int = signal.SIGTERM) -> None:
+def _log(proc: subprocess.Popen) -> str:
+    return Path(proc.log_path).read_text(errors="replace")  # type: ignore[attr-defined]
+
+
+def _wait_log(proc: subprocess.Popen, text: str, timeout_s: float = 60) -> None:
+    deadline = time.monotonic() + timeout_s
+    while text not in _log(proc):
+        assert proc.poll() is None, f"instance exited: {_log(proc)[-2000:]}"
+        assert time.monotonic() < deadline, f"{text!r} never logged: {_log(proc)[-2000:]}"
+        time.sleep(0.2)
+
+
+def _stop(proc: subprocess.Popen, sig: int = signal.SIGTERM) -> str:
+    """Stop an instance; returns what it logged."""
     if proc.poll() is None:
         os.kill(proc.pid, sig)
     try:
@@ -223,6 +239,9 @@ def _stop(proc: subprocess.Popen, sig: int = signal.SIGTERM) -> None:
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait(timeout=10)
         pytest.fail("mqcast serve did not stop within 60 s of SIGTERM")
+    text = _log(proc)
+    os.unlink(proc.log_path)  # type: ignore[attr-defined]
+    return text
 
 
 def _wait_some_progress(bootstrap: str, group: str, topic: str, at_least: int, timeout_s: float = 90) -> None:
@@ -232,21 +251,32 @@ def _wait_some_progress(bootstrap: str, group: str, topic: str, at_least: int, t
         time.sleep(0.2)
 
 
+def _wait_snapshot(bootstrap: str, group: str, sales: str, timeout_s: float = 60) -> None:
+    log = Changelog(None, bootstrap, changelog_topic(group, sales))  # type: ignore[arg-type]
+    deadline = time.monotonic() + timeout_s
+    while not any(log.read_latest(p) for p in range(PARTITIONS)):
+        assert time.monotonic() < deadline, "no state snapshot was written"
+        time.sleep(0.3)
+
+
 def test_kill_9_mid_stream_then_restart_equals_a_run_without_faults(bootstrap, topic_factory, tiny_model):
     topics = Topics(topic_factory)
     group = f"kill-{uuid.uuid4().hex[:6]}"
-    first = _produce_days(bootstrap, topics.sales, range(0, DAYS // 2))
+    n = _produce_days(bootstrap, topics.sales, range(0, DAYS // 2))
     proc = _serve(bootstrap, topics, tiny_model, group, "a")
     try:
-        _wait_some_progress(bootstrap, group, topics.sales, first // 3)
-        rest = _produce_days(bootstrap, topics.sales, range(DAYS // 2, DAYS), pause_s=0.05)
+        _wait_some_progress(bootstrap, group, topics.sales, n // 3)
+        _wait_snapshot(bootstrap, group, topics.sales)
+        n += _produce_days(bootstrap, topics.sales, range(DAYS // 2, DAYS // 2 + 4))
         os.kill(proc.pid, signal.SIGKILL)  # mid-stream, no goodbye
         proc.wait(timeout=10)
+        n += _produce_days(bootstrap, topics.sales, range(DAYS // 2 + 4, DAYS))
         proc = _serve(bootstrap, topics, tiny_model, group, "a")
-        _wait_committed(bootstrap, group, topics.sales, first + rest)
+        _wait_committed(bootstrap, group, topics.sales, n)
     finally:
-        _stop(proc)
-    ref_states, ref_forecasts, cfg = _reference(bootstrap, topics, tiny_model, first + rest)
+        log = _stop(proc)
+    assert ": restored, resuming at" in log, log[-2000:]
+    ref_states, ref_forecasts, cfg = _reference(bootstrap, topics, tiny_model, n)
     _assert_same_state(ref_states, _states(bootstrap, group, topics.sales, cfg))
     got = _forecasts(bootstrap, topics.out)
     assert set(got) == set(ref_forecasts)
@@ -263,9 +293,11 @@ def test_scaling_one_two_one_instances_loses_and_doubles_nothing(bootstrap, topi
     try:
         _wait_some_progress(bootstrap, group, topics.sales, n // 2)
         b = _serve(bootstrap, topics, tiny_model, group, "b")  # 1 -> 2: partitions move to b
+        _wait_log(b, ": restored, resuming at")
         n += _produce_days(bootstrap, topics.sales, range(8, 16), pause_s=0.3)
-        _stop(b)  # 2 -> 1: b hands its partitions back
+        log_b = _stop(b)  # 2 -> 1: b hands its partitions back
         b = None
+        assert ": restored, resuming at" in log_b, log_b[-3000:]
         n += _produce_days(bootstrap, topics.sales, range(16, DAYS), pause_s=0.05)
         _wait_committed(bootstrap, group, topics.sales, n)
     finally:
