@@ -6,8 +6,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from model.export import load_model
 
+from model.export import load_model
 from stream.inputs import ModelInputs
 
 

@@ -54,6 +54,7 @@ def train_artifact(
 ) -> dict:
     """Train on ``history`` and write the TorchScript artefact to ``out``; returns its metadata."""
     import torch
+
     from model.export import export_model
     from model.network import default_args_for
     from model.train import TrainConfig, train
