@@ -50,21 +50,26 @@ def local_broker(broker: LocalBroker | None) -> LocalBroker:
 
 @pytest.fixture
 def topic_factory(bootstrap: str) -> Iterator[Callable[..., str]]:
-    """Create uniquely named topics for one test; they are deleted afterwards."""
-    admin = KafkaAdminClient(bootstrap_servers=bootstrap, client_id="mqcast-tests")
+    """Create uniquely named topics for one test; they are deleted afterwards.
+
+    Each call opens its own admin client: a test may restart the broker in between.
+    """
     made: list[str] = []
 
     def make(partitions: int = 1, prefix: str = "t", configs: dict[str, str] | None = None) -> str:
         name = f"{prefix}-{uuid.uuid4().hex[:10]}"
-        admin.create_topics([NewTopic(name, partitions, 1, topic_configs=configs or {})])
+        admin = KafkaAdminClient(bootstrap_servers=bootstrap, client_id="mqcast-tests")
+        try:
+            admin.create_topics([NewTopic(name, partitions, 1, topic_configs=configs or {})])
+        finally:
+            admin.close()
         made.append(name)
         return name
 
-    try:
-        yield make
-    finally:
+    yield make
+    if made:
+        admin = KafkaAdminClient(bootstrap_servers=bootstrap, client_id="mqcast-tests")
         try:
-            if made:
-                admin.delete_topics(made)
+            admin.delete_topics(made)
         finally:
             admin.close()
