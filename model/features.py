@@ -70,10 +70,16 @@ def carry_forward(values: np.ndarray) -> np.ndarray:
     return np.where(seen, out, np.nan).astype(np.float32)
 
 
-def log_price(price: np.ndarray) -> np.ndarray:
-    """Price covariate: log1p of the carried-forward price, 0 where no price is known yet."""
-    filled = carry_forward(price)
-    return np.where(np.isfinite(filled), np.log1p(np.maximum(filled, 0.0)), 0.0).astype(np.float32)
+def log_price(price: np.ndarray, carried: bool = False) -> np.ndarray:
+    """Price covariate: log1p of the carried-forward price, 0 where no price is known yet.
+
+    ``carried=True`` says the prices are already carried forward (the service's ring buffer keeps
+    them so), which skips the carry and gives the same result.
+    """
+    filled = price if carried else carry_forward(price)
+    with np.errstate(invalid="ignore"):
+        out = np.log1p(np.maximum(filled, 0.0))
+    return np.nan_to_num(out, nan=0.0).astype(np.float32, copy=False)
 
 
 def static_ids(values: np.ndarray, vocab_size: int) -> np.ndarray:

@@ -280,7 +280,7 @@ def add_service_arguments(parser: argparse.ArgumentParser) -> None:
     )
     b = parser.add_argument_group("micro-batching")
     add_env_argument(
-        b, "--max-batch", "MAX_BATCH", type=positive_int, default=4096, help="item forecasts per model call"
+        b, "--max-batch", "MAX_BATCH", type=positive_int, default=1024, help="item forecasts per model call"
     )
     add_env_argument(
         b,

@@ -74,7 +74,7 @@ def add_demo_arguments(p: argparse.ArgumentParser) -> None:
         "--partitions", type=positive_int, default=4, help="partitions of the sales topic (default: 4)"
     )
     p.add_argument(
-        "--max-batch", type=positive_int, default=4096, help="item forecasts per model call (default: 4096)"
+        "--max-batch", type=positive_int, default=1024, help="item forecasts per model call (default: 1024)"
     )
     p.add_argument(
         "--device", choices=("auto", "cpu", "cuda"), default="auto", help="model device (default: auto)"
@@ -152,8 +152,12 @@ def _model_for_demo(args: argparse.Namespace, daily: Path) -> Path:
     from model.history import read_history
     from stream.training import cut_history, train_artifact
 
-    digest = hashlib.sha256(daily.read_bytes()).hexdigest()[:12]
-    key = hashlib.sha256(f"{digest}|{args.train_until}|{args.train_minutes}|v1".encode()).hexdigest()[:12]
+    # The cached model is reused only for the same data, settings and model code.
+    h = hashlib.sha256(daily.read_bytes())
+    h.update(f"{args.train_until}|{args.train_minutes}".encode())
+    for src in sorted((Path(__file__).resolve().parents[1] / "model").glob("*.py")):
+        h.update(src.read_bytes())
+    key = h.hexdigest()[:12]
     path = cache_dir() / "models" / f"demo-{key}.pt"
     if path.exists() and not args.retrain:
         log.info("reusing the trained model %s (--retrain to train again)", path)

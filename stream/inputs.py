@@ -65,7 +65,7 @@ def inputs_for(closed: ClosedBucket, freq: str, horizons: int, statics: StaticTa
     future_cal = calendar_features(bucket_start(future, freq))  # [H, C]
     past_cov = np.empty((n, length, past_cal.shape[1] + 1), dtype=np.float32)
     past_cov[:, :, :-1] = past_cal
-    past_cov[:, :, -1] = log_price(closed.price)
+    past_cov[:, :, -1] = log_price(closed.price, carried=True)
     return ModelInputs(
         target=closed.target,
         observed=closed.observed,

@@ -47,10 +47,13 @@ def encode_forecasts(
         "horizons": list(range(1, fmt.horizons + 1)),
         "produced_at": iso_ms(produced_ms),
     }
+    # Everything but the item and its values is the same for the whole batch: encode it once and
+    # splice it into each message (this is a hot path: one message per item and bucket).
+    middle = b"," + orjson.dumps(common)[1:-1] + b',"values":'
     vals = np.ascontiguousarray(values, dtype=np.float32)
-    opts = orjson.OPT_SERIALIZE_NUMPY
+    dumps, opts = orjson.dumps, orjson.OPT_SERIALIZE_NUMPY
     return [
-        orjson.dumps({"item_id": item, **common, "values": vals[i]}, option=opts)
+        b'{"item_id":' + dumps(item) + middle + dumps(vals[i], option=opts) + b"}"
         for i, item in enumerate(item_ids)
     ]
 
