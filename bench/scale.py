@@ -115,7 +115,7 @@ def run(n_items: int, batch: int) -> list[tuple[str, str]]:
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--items", type=int, default=1_000_000)
-    p.add_argument("--batch", type=int, default=16384)
+    p.add_argument("--batch", type=int, default=1024)
     a = p.parse_args(argv)
     print(table(run(a.items, a.batch), f"Scale ({machine()})"))
 
