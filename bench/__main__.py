@@ -1,4 +1,4 @@
-"""Run every benchmark and print their tables: ``python -m bench [ingest inference latency scale]``."""
+"""Run every benchmark and print its table: ``python -m bench [NAME ...]`` (all when none is named)."""
 
 from __future__ import annotations
 

@@ -73,8 +73,13 @@ def _floats(values: list[str], path: Path, column: str, first_line: int = 2) -> 
 
 
 def _times_ms(values: list[str], path: Path) -> np.ndarray:
+    """Epoch milliseconds of RFC 3339 texts or of epoch-millisecond numbers."""
+    arr = np.asarray(values)
+    # numpy would read a bare number as a year, so numbers are told apart first.
+    if arr.size and np.char.isdigit(arr).all():
+        return arr.astype(np.int64)
     try:
-        return np.asarray(values, dtype="datetime64[ms]").astype(np.int64)
+        return np.asarray([v.rstrip("Z") for v in values], dtype="datetime64[ms]").astype(np.int64)
     except ValueError:
         pass
     out = np.empty(len(values), dtype=np.int64)
