@@ -135,7 +135,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--items", type=int, default=10_000)
     p.add_argument("--days", type=int, default=30)
     p.add_argument("--days-per-second", type=float, default=1.0)
-    p.add_argument("--max-batch", type=int, default=4096)
+    p.add_argument("--max-batch", type=int, default=1024)
     p.add_argument("--max-delay-ms", type=float, default=20.0)
     a = p.parse_args(argv)
     rows = run(a.items, a.days, a.days_per_second, a.max_batch, a.max_delay_ms)
