@@ -22,6 +22,8 @@ class StateConfig:
     allowed_lateness_ms: int = 600_000
     feedback_alpha: float = 0.3
     initial_capacity: int = 1024
+    #: Items without a sale in this many closed buckets are forgotten (0 keeps every item forever).
+    evict_after_buckets: int = 0
 
     def __post_init__(self) -> None:
         check_freq(self.freq)
@@ -35,5 +37,7 @@ class StateConfig:
             raise ValueError(f"allowed lateness must be >= 0 ms, got {self.allowed_lateness_ms}")
         if not 0.0 < self.feedback_alpha <= 1.0:
             raise ValueError(f"feedback_alpha must be in (0, 1], got {self.feedback_alpha}")
+        if self.evict_after_buckets < 0:
+            raise ValueError(f"evict_after_buckets must be >= 0, got {self.evict_after_buckets}")
         if self.initial_capacity < 1:
             raise ValueError(f"initial_capacity must be >= 1, got {self.initial_capacity}")

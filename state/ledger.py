@@ -55,6 +55,16 @@ class Ledger:
         fb[:old] = self.feedback
         self.forecasts, self.origin, self.feedback = fc, orig, fb
 
+    def compact(self, keep: np.ndarray, n: int) -> None:
+        """Keep rows ``keep`` of the first ``n`` (moved to the front), clearing the rest."""
+        m = keep.size
+        self.forecasts[:m] = self.forecasts[keep]
+        self.forecasts[m:n] = np.nan
+        self.origin[:m] = self.origin[keep]
+        self.origin[m:n] = _NO_ORIGIN
+        self.feedback[:m] = self.feedback[keep]
+        self.feedback[m:n] = 0.0
+
     def record(self, origin: int, rows: np.ndarray, values: np.ndarray) -> None:
         """Store the forecasts ``values`` [n, H, Q] made at ``origin`` for item ``rows``."""
         slot = origin % self.horizons

@@ -242,9 +242,49 @@ class PartitionState:
             score=score,
         )
 
+    def evict_idle(self, idle_buckets: int) -> int:
+        """Forget items that have not sold in the last ``idle_buckets`` closed buckets; returns how many.
+
+        An item that never sold counts from its first event; an item with quantity waiting in an
+        open bucket stays. A forgotten item that sells again starts afresh, like a new item.
+        """
+        if idle_buckets <= 0 or self.next_close is None or self.n_items == 0:
+            return 0
+        n = self.n_items
+        active = np.maximum(self.last_sale[:n], np.minimum(self.first_bucket[:n], self.next_close))
+        keep = active >= self.next_close - idle_buckets
+        for acc in self.open.values():
+            keep |= acc.qty[:n] > 0
+        if keep.all():
+            return 0
+        idx = np.flatnonzero(keep)
+        m = idx.size
+        for name, fill in (
+            ("ids", None),
+            ("qty", 0.0),
+            ("price", np.nan),
+            ("first_bucket", _NEVER),
+            ("last_sale", _NO_TIME),
+            ("last_price", np.nan),
+        ):
+            _compact(getattr(self, name), idx, n, fill)
+        self.ledger.compact(idx, n)
+        for acc in self.open.values():
+            for arr in (acc.qty, acc.amount, acc.priced_qty):
+                _compact(arr, idx, n, 0.0)
+        self.index = {item: row for row, item in enumerate(self.ids[:m].tolist())}
+        return n - m
+
     def record_forecasts(self, origin: int, rows: np.ndarray, values: np.ndarray) -> None:
         """Keep the forecasts made at ``origin`` so they are scored when their targets close."""
         self.ledger.record(origin, rows, values)
+
+
+def _compact(arr: np.ndarray, keep: np.ndarray, n: int, fill: object) -> None:
+    """Move rows ``keep`` (sorted) to the front of ``arr[:n]`` and clear the rows freed behind them."""
+    m = keep.size
+    arr[:m] = arr[keep]
+    arr[m:n] = fill
 
 
 def _grown(arr: np.ndarray, capacity: int, fill: float | int) -> np.ndarray:

@@ -52,6 +52,17 @@ def positive_int(text: str) -> int:
     return value
 
 
+def non_negative_int(text: str) -> int:
+    """argparse type: an integer >= 0."""
+    try:
+        value = int(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from exc
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{value} must be >= 0")
+    return value
+
+
 def port_number(text: str) -> int:
     """argparse type: a TCP port, 0 meaning 'disabled' or 'any free port' as the flag says."""
     try:
@@ -168,6 +179,8 @@ class ServiceConfig:
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     durability: DurabilityConfig = field(default_factory=DurabilityConfig)
     allowed_lateness_ms: int = 600_000
+    #: Forget items that sold nothing in this many closed buckets (0: never), bounding memory.
+    evict_after_buckets: int = 0
 
 
 def add_kafka_arguments(parser: argparse.ArgumentParser) -> None:
@@ -278,6 +291,14 @@ def add_service_arguments(parser: argparse.ArgumentParser) -> None:
         default="10m",
         help="how late an event may be before its bucket closes without it",
     )
+    add_env_argument(
+        m,
+        "--evict-after",
+        "EVICT_AFTER",
+        type=non_negative_int,
+        default=0,
+        help="forget items that sold nothing in this many closed buckets (0: keep every item)",
+    )
     b = parser.add_argument_group("micro-batching")
     add_env_argument(
         b, "--max-batch", "MAX_BATCH", type=positive_int, default=1024, help="item forecasts per model call"
@@ -322,5 +343,11 @@ def service_config_from_args(args: argparse.Namespace) -> ServiceConfig:
     metrics = MetricsConfig(host=args.metrics_host, port=args.metrics_port)
     durability = DurabilityConfig(changelog=args.changelog, checkpoint_interval_ms=args.checkpoint_interval)
     return ServiceConfig(
-        kafka, model, batcher, metrics, durability, allowed_lateness_ms=args.allowed_lateness
+        kafka,
+        model,
+        batcher,
+        metrics,
+        durability,
+        allowed_lateness_ms=args.allowed_lateness,
+        evict_after_buckets=args.evict_after,
     )

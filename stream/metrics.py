@@ -80,6 +80,11 @@ class ServiceMetrics:
         self.items_tracked = Gauge(
             "mqcast_items_tracked", "Items held in state across owned partitions.", registry=registry
         )
+        self.items_evicted = Counter(
+            "mqcast_items_evicted",
+            "Items forgotten after selling nothing for --evict-after buckets.",
+            registry=registry,
+        )
         self.realised_pinball = Gauge(
             "mqcast_realised_pinball_loss",
             "Mean pinball loss of realised forecasts over the recent closed buckets, raw units.",

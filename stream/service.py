@@ -168,6 +168,7 @@ class ForecastService:
             horizons=int(meta["horizons"]),
             quantiles=quantiles,
             allowed_lateness_ms=cfg.allowed_lateness_ms,
+            evict_after_buckets=cfg.evict_after_buckets,
         )
         self.format = ForecastFormat(meta["freq"], predictor.version, quantiles, self.state_cfg.horizons)
         self.statics = StaticTable(
@@ -296,6 +297,10 @@ class ForecastService:
             # closes, because closing scores them.
             if self.batcher.has_pending(partition):
                 self.run_batches()
+            # Rows move when items are forgotten, so only with no request of this partition queued.
+            evicted = state.evict_idle(self.state_cfg.evict_after_buckets)
+            if evicted:
+                self.metrics.items_evicted.inc(evicted)
             closed = state.close_next()
             self.stats.buckets_closed += 1
             self.metrics.buckets_closed.labels(partition=str(partition)).inc()

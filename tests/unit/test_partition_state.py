@@ -148,3 +148,26 @@ def test_item_first_seen_later_is_not_forecast_before_it_exists():
     _ingest(s, [("a", 10 * DAY, 1, 1.0), ("b", 11 * DAY + 2 * HOUR, 1, 1.0)])
     (c10,) = _close_all(s)
     assert list(c10.item_ids) == ["a"]
+
+
+def test_idle_items_are_evicted_and_the_rest_keep_their_rows_data():
+    s = PartitionState(_cfg(evict_after_buckets=3))
+    _ingest(s, [("old", 10 * DAY, 1, 1.0), ("busy", 10 * DAY, 2, 1.0)])
+    for d in range(11, 16):
+        _ingest(s, [("busy", d * DAY + 2 * HOUR, float(d), 1.0)])
+        for c in _close_all(s):
+            s.record_forecasts(c.bucket, c.rows, np.ones((c.rows.size, 2, 3), np.float32))
+    assert s.evict_idle(3) == 1
+    assert list(s.index) == ["busy"] and s.n_items == 1
+    _ingest(s, [("busy", 16 * DAY + 2 * HOUR, 1.0, 1.0)])
+    (c,) = _close_all(s)
+    np.testing.assert_array_equal(c.target[0], [12, 13, 14, 15])
+    assert c.feedback[0, 0] > 0  # the ledger moved with the row
+    # A forgotten item that sells again starts afresh.
+    _ingest(s, [("old", 17 * DAY + 2 * HOUR, 4.0, 1.0), ("busy", 17 * DAY + 3 * HOUR, 1.0, 1.0)])
+    _close_all(s)
+    _ingest(s, [("busy", 18 * DAY + 2 * HOUR, 1.0, 1.0)])
+    (c,) = _close_all(s)
+    row = list(c.item_ids).index("old")
+    np.testing.assert_array_equal(c.observed[row], [0, 0, 0, 1])
+    assert c.feedback[row, 0] == 0
