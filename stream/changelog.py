@@ -53,10 +53,14 @@ def _chunk_key(slot: int, index: int) -> bytes:
 class Changelog:
     """Writes and reads partition snapshots on the changelog topic."""
 
-    def __init__(self, producer: KafkaProducer, bootstrap: str, topic: str) -> None:
+    def __init__(
+        self, producer: KafkaProducer, bootstrap: str, topic: str, read_committed: bool = False
+    ) -> None:
         self.producer = producer
         self.bootstrap = bootstrap
         self.topic = topic
+        # With transactions, a snapshot counts only once its transaction committed.
+        self.isolation = "read_committed" if read_committed else "read_uncommitted"
         self._slots: dict[int, int] = {}
 
     def write(self, partition: int, data: bytes, input_offset: int) -> Manifest:
@@ -89,6 +93,7 @@ class Changelog:
             group_id=None,
             client_id="mqcast-restore",
             max_partition_fetch_bytes=4 * 1024 * 1024,
+            isolation_level=self.isolation,
         )
         try:
             consumer.assign([tp])

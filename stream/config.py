@@ -150,6 +150,8 @@ class DurabilityConfig:
     changelog: bool = True
     #: How often a snapshot is written (also on revoke and shutdown); a restore replays the input since.
     checkpoint_interval_ms: int = 30_000
+    #: Kafka transactions: forecasts, dead letters, snapshots and offsets commit atomically.
+    exactly_once: bool = False
 
 
 @dataclass(frozen=True)
@@ -265,6 +267,15 @@ def add_service_arguments(parser: argparse.ArgumentParser) -> None:
         default="30s",
         help="how often state snapshots are written",
     )
+    add_env_argument(
+        d,
+        "--exactly-once",
+        "EXACTLY_ONCE",
+        type=_on_off,
+        default="off",
+        help="commit forecasts, snapshots and offsets in one Kafka transaction (readers use read_committed; "
+        "give each instance its own --client-id or --group-instance-id)",
+    )
     m = parser.add_argument_group("model")
     add_env_argument(m, "--model", "MODEL", type=Path, default=None, help="TorchScript model artefact")
     add_env_argument(
@@ -341,7 +352,11 @@ def service_config_from_args(args: argparse.Namespace) -> ServiceConfig:
     model = ModelServeConfig(path=args.model, device=args.device, bucket=args.bucket)
     batcher = BatcherConfig(max_batch=args.max_batch, max_delay_ms=float(args.max_delay))
     metrics = MetricsConfig(host=args.metrics_host, port=args.metrics_port)
-    durability = DurabilityConfig(changelog=args.changelog, checkpoint_interval_ms=args.checkpoint_interval)
+    durability = DurabilityConfig(
+        changelog=args.changelog,
+        checkpoint_interval_ms=args.checkpoint_interval,
+        exactly_once=args.exactly_once,
+    )
     return ServiceConfig(
         kafka,
         model,

@@ -94,6 +94,10 @@ class Publisher:
             self.producer.send(self.dead_letter_topic, value=value, key=key, headers=headers)
         )
 
+    def discard(self) -> None:
+        """Forget sends of an aborted transaction (they will never be acknowledged as committed)."""
+        self._futures = []
+
     @property
     def in_flight(self) -> int:
         return len(self._futures)

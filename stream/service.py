@@ -191,6 +191,9 @@ class ForecastService:
         # Below these offsets a partition is being replayed after a restore: its output went out
         # before the crash, so it is recomputed (the ledger needs it) but not published again.
         self.replay_until: dict[TopicPartition, int] = {}
+        self.exactly_once = cfg.durability.exactly_once
+        if self.exactly_once and not cfg.durability.changelog:
+            raise ValueError("exactly-once needs the changelog: state and offsets are committed together")
         k = cfg.kafka
         assignor = CooperativeStickyAssignor if k.assignor == "cooperative-sticky" else RangePartitionAssignor
         self.consumer = KafkaConsumer(
@@ -204,23 +207,29 @@ class ForecastService:
             partition_assignment_strategy=(assignor,),
             session_timeout_ms=k.session_timeout_ms,
             heartbeat_interval_ms=max(500, k.session_timeout_ms // 3),
+            # Exactly-once reads only committed input (and restores only committed snapshots).
+            isolation_level="read_committed" if self.exactly_once else "read_uncommitted",
         )
         producer = KafkaProducer(
             bootstrap_servers=k.bootstrap,
             client_id=f"{k.client_id}-producer",
             enable_idempotence=True,
+            transactional_id=self._transactional_id() if self.exactly_once else None,
             acks="all",
             linger_ms=5,
             batch_size=256 * 1024,
             compression_type=None,
         )
         self.publisher = Publisher(producer, k.forecast_topic, k.dead_letter_topic)
+        if self.exactly_once:
+            producer.init_transactions()
+            producer.begin_transaction()
         self.changelog: Changelog | None = None
         if cfg.durability.changelog:
             topic = changelog_topic(k.group_id, k.sales_topic)
             partitions = self.consumer.partitions_for_topic(k.sales_topic) or {0}
             ensure_topics(k.bootstrap, [TopicSpec(topic, len(partitions), _CHANGELOG_CONFIG)])
-            self.changelog = Changelog(producer, k.bootstrap, topic)
+            self.changelog = Changelog(producer, k.bootstrap, topic, read_committed=self.exactly_once)
         self.consumer.subscribe([k.sales_topic], listener=_Rebalance(self))
 
     # -- the loop --------------------------------------------------------------------------------
@@ -258,6 +267,12 @@ class ForecastService:
 
     def _process(self, tp: TopicPartition, recs: list) -> None:
         replay_until = self.replay_until.get(tp, -1)
+        if recs[0].offset < replay_until <= recs[-1].offset:
+            # Split at the committed offset: what comes before it already had its output published.
+            cut = next(i for i, r in enumerate(recs) if r.offset >= replay_until)
+            self._process(tp, recs[:cut])
+            self._process(tp, recs[cut:])
+            return
         replaying = recs[-1].offset < replay_until
         batch = decode_events([r.value for r in recs], self._timestamps)
         for pos, reason in batch.invalid:
@@ -359,6 +374,9 @@ class ForecastService:
         """
         self.run_batches()
         interval = self.cfg.durability.checkpoint_interval_ms
+        # Exactly-once commits a snapshot with every offset commit: a restore then starts exactly
+        # where the committed output ends, with nothing to replay.
+        checkpoint = checkpoint or self.exactly_once
         if self.changelog is not None and (
             checkpoint or (self.clock() - self._last_checkpoint) * 1000.0 >= interval
         ):
@@ -370,7 +388,18 @@ class ForecastService:
             if last is not None and pos <= last:
                 continue  # replaying after a restore: the group is already past this point
             offsets[tp] = OffsetAndMetadata(pos, "", -1)
-        if offsets:
+        if self.exactly_once:
+            # Output, snapshots and input offsets become visible together, or not at all.
+            self._check_forward(offsets)
+            producer = self.publisher.producer
+            if offsets:
+                producer.send_offsets_to_transaction(offsets, self.consumer.group_metadata())
+            producer.commit_transaction()
+            producer.begin_transaction()
+            self.committed.update({tp: o.offset for tp, o in offsets.items()})
+            self.stats.commits += 1
+            self.metrics.commits.inc()
+        elif offsets:
             self._check_forward(offsets)
             self.consumer.commit(offsets)
             self.committed.update({tp: o.offset for tp, o in offsets.items()})
@@ -414,7 +443,17 @@ class ForecastService:
         """Partitions taken away without a revoke (this member was evicted): nothing may be committed
         for them any more; their new owner restores the last snapshot."""
         self.batcher.take()  # their forecasts would be published by an instance that no longer owns them
-        self._forget(lost)
+        if self.exactly_once:
+            # The open transaction holds output of every partition: abort it, and rewind the
+            # partitions still owned to their last committed snapshot.
+            self.publisher.producer.abort_transaction()
+            self.publisher.producer.begin_transaction()
+            self.publisher.discard()
+            kept = [tp for tp in self.positions if tp not in set(lost)]
+            self._forget(list(self.positions))
+            self.on_assigned(kept)
+        else:
+            self._forget(lost)
 
     def _forget(self, tps: list[TopicPartition]) -> None:
         for tp in tps:
@@ -461,6 +500,13 @@ class ForecastService:
                 committed,
             )
         self.metrics.items_tracked.set(sum(s.n_items for s in self.states.values()))
+
+    def _transactional_id(self) -> str:
+        k = self.cfg.kafka
+        # Stable per instance, so a restarted instance fences its dead predecessor and aborts the
+        # transaction it left open (which would otherwise hold back read_committed readers until it
+        # times out). Instances of one group therefore need distinct client or instance ids.
+        return f"mqcast-{k.group_id}-{k.group_instance_id or k.client_id}"
 
     def close(self) -> None:
         """Finish the batch in hand, publish, snapshot, commit, and leave the group."""

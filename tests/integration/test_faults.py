@@ -82,7 +82,9 @@ def _wait_committed(bootstrap: str, group: str, topic: str, total: int, timeout_
         time.sleep(0.5)
 
 
-def _forecasts(bootstrap: str, topic: str) -> dict[tuple[str, int], np.ndarray]:
+def _forecasts(
+    bootstrap: str, topic: str, read_committed: bool = False, duplicates: list | None = None
+) -> dict[tuple[str, int], np.ndarray]:
     """Every forecast on the topic, de-duplicated by (item, origin); duplicates must agree."""
     c = KafkaConsumer(
         topic,
@@ -90,6 +92,7 @@ def _forecasts(bootstrap: str, topic: str) -> dict[tuple[str, int], np.ndarray]:
         auto_offset_reset="earliest",
         group_id=None,
         enable_auto_commit=False,
+        isolation_level="read_committed" if read_committed else "read_uncommitted",
     )
     out: dict[tuple[str, int], np.ndarray] = {}
     idle = 0
@@ -103,6 +106,8 @@ def _forecasts(bootstrap: str, topic: str) -> dict[tuple[str, int], np.ndarray]:
                     key = (m["item_id"], m["origin_ms"])
                     values = np.array(m["values"])
                     if key in out:
+                        if duplicates is not None:
+                            duplicates.append(key)
                         np.testing.assert_allclose(values, out[key], rtol=1e-4, atol=1e-4)
                     out[key] = values
     finally:
@@ -111,7 +116,13 @@ def _forecasts(bootstrap: str, topic: str) -> dict[tuple[str, int], np.ndarray]:
 
 
 def _states(bootstrap: str, group: str, sales: str, cfg: StateConfig) -> dict:
-    log = Changelog(KafkaProducer(bootstrap_servers=bootstrap), bootstrap, changelog_topic(group, sales))
+    # Committed snapshots only: an exactly-once instance killed mid-transaction leaves aborted ones.
+    log = Changelog(
+        KafkaProducer(bootstrap_servers=bootstrap),
+        bootstrap,
+        changelog_topic(group, sales),
+        read_committed=True,
+    )
     out = {}
     for p in range(PARTITIONS):
         found = log.read_latest(p)
@@ -174,7 +185,9 @@ def _reference(bootstrap: str, topics: Topics, model: Path, total: int) -> tuple
     )
 
 
-def _serve(bootstrap: str, topics: Topics, model: Path, group: str, instance: str) -> subprocess.Popen:
+def _serve(
+    bootstrap: str, topics: Topics, model: Path, group: str, instance: str, extra: tuple[str, ...] = ()
+) -> subprocess.Popen:
     cmd = [
         sys.executable,
         "-m",
@@ -208,6 +221,7 @@ def _serve(bootstrap: str, topics: Topics, model: Path, group: str, instance: st
         "10ms",
         "--session-timeout",
         "6s",
+        *extra,
     ]
     env = dict(os.environ, OMP_NUM_THREADS="1")
     log = tempfile.NamedTemporaryFile(prefix=f"mqcast-{instance}-", suffix=".log", delete=False)  # noqa: SIM115
@@ -326,4 +340,28 @@ def test_broker_restart_mid_stream_loses_nothing(local_broker, topic_factory, ti
     ref_states, ref_forecasts, cfg = _reference(bootstrap, topics, tiny_model, n)
     _assert_same_state(ref_states, _states(bootstrap, group, topics.sales, cfg))
     got = _forecasts(bootstrap, topics.out)
+    assert set(got) == set(ref_forecasts)
+
+
+def test_exactly_once_mode_publishes_each_forecast_once_across_a_kill_9(bootstrap, topic_factory, tiny_model):
+    topics = Topics(topic_factory)
+    group = f"eos-{uuid.uuid4().hex[:6]}"
+    eos = ("--exactly-once", "on")
+    n = _produce_days(bootstrap, topics.sales, range(0, DAYS // 2))
+    proc = _serve(bootstrap, topics, tiny_model, group, "a", eos)
+    try:
+        _wait_some_progress(bootstrap, group, topics.sales, n // 3)
+        n += _produce_days(bootstrap, topics.sales, range(DAYS // 2, DAYS // 2 + 4))
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=10)
+        n += _produce_days(bootstrap, topics.sales, range(DAYS // 2 + 4, DAYS))
+        proc = _serve(bootstrap, topics, tiny_model, group, "a", eos)
+        _wait_committed(bootstrap, group, topics.sales, n)
+    finally:
+        _stop(proc)
+    ref_states, ref_forecasts, cfg = _reference(bootstrap, topics, tiny_model, n)
+    _assert_same_state(ref_states, _states(bootstrap, group, topics.sales, cfg))
+    duplicates: list = []
+    got = _forecasts(bootstrap, topics.out, read_committed=True, duplicates=duplicates)
+    assert duplicates == []
     assert set(got) == set(ref_forecasts)
