@@ -426,7 +426,11 @@ class ForecastService:
         self._last_checkpoint = self.clock()
 
     def _update_lag(self) -> None:
+        # During a cooperative revoke the partitions being handed over are no longer assigned.
+        assigned = self.consumer.assignment()
         for tp, pos in self.positions.items():
+            if tp not in assigned:
+                continue
             high = self.consumer.highwater(tp)
             if high is not None:
                 self.metrics.consumer_lag.labels(partition=str(tp.partition)).set(max(0, high - pos))

@@ -298,15 +298,18 @@ def test_kill_9_mid_stream_then_restart_equals_a_run_without_faults(bootstrap, t
         np.testing.assert_allclose(got[key], values, rtol=1e-4, atol=1e-4)
 
 
-def test_scaling_one_two_one_instances_loses_and_doubles_nothing(bootstrap, topic_factory, tiny_model):
+@pytest.mark.parametrize("assignor", ["range", "cooperative-sticky"])
+def test_scaling_one_two_one_instances_loses_and_doubles_nothing(
+    bootstrap, topic_factory, tiny_model, assignor
+):
     topics = Topics(topic_factory)
     group = f"scale-{uuid.uuid4().hex[:6]}"
     n = _produce_days(bootstrap, topics.sales, range(0, 8))
-    a = _serve(bootstrap, topics, tiny_model, group, "a")
+    a = _serve(bootstrap, topics, tiny_model, group, "a", ("--assignor", assignor))
     b = None
     try:
         _wait_some_progress(bootstrap, group, topics.sales, n // 2)
-        b = _serve(bootstrap, topics, tiny_model, group, "b")  # 1 -> 2: partitions move to b
+        b = _serve(bootstrap, topics, tiny_model, group, "b", ("--assignor", assignor))  # 1 -> 2
         _wait_log(b, ": restored, resuming at")
         n += _produce_days(bootstrap, topics.sales, range(8, 16), pause_s=0.3)
         log_b = _stop(b)  # 2 -> 1: b hands its partitions back
