@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import sys
 
-from bench import inference, ingest, latency, scale
+from bench import inference, ingest, latency, recovery, scale
 
 BENCHMARKS = {
     "ingest": ingest.main,
     "inference": inference.main,
     "latency": latency.main,
     "scale": scale.main,
+    "recovery": recovery.main,
 }
 
 

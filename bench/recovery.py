@@ -56,16 +56,18 @@ def run(sizes: list[int]) -> list[tuple[str, str]]:
                 bootstrap_servers=bootstrap,
                 acks="all",
                 linger_ms=5,
-                batch_size=1 << 20,
+                batch_size=256 * 1024,
                 max_request_size=1 << 21,
-                buffer_memory=1 << 28,
             )
             log = Changelog(producer, bootstrap, topic)
             t0 = time.perf_counter()
             data = snapshot(state, 12345)
             t_snap = time.perf_counter() - t0
-            log.write(0, data, 12345)
+            _, futures = log.write(0, data, 12345)
             producer.flush()
+            for f in futures:
+                if f.failed():
+                    raise SystemExit(f"changelog write failed: {f.exception!r}")
             t_write = time.perf_counter() - t0
             producer.close()
             t0 = time.perf_counter()

@@ -1,4 +1,8 @@
-"""Training tensors of a history: every item's whole series, ready for forking-sequence training."""
+"""Training tensors of a history: every item's whole series, ready for forking-sequence training.
+
+The features come from the same functions the serving path uses (``model.features``), so a column
+means the same thing in training and in production.
+"""
 
 from __future__ import annotations
 
@@ -18,7 +22,7 @@ class TrainingTensors:
     target: np.ndarray  # float32 [N, T]: demand, 0 where unobserved
     observed: np.ndarray  # float32 [N, T]
     past_cov: np.ndarray  # float32 [N, T, Cp]
-    future_cov: np.ndarray  # float32 [T, H, Cf]: calendar of t+1..t+H, shared by all items
+    future_cov: np.ndarray  # float32 [N, T, H, Cf]: calendar of t+1..t+H (a read-only broadcast view)
     static: np.ndarray  # int64 [N, S]
     ahead: np.ndarray  # float32 [N, T, H]: demand at t+h+1 (0 past the end)
     mask: np.ndarray  # float32 [N, T, H]: 1 where that demand is known and the item is tracked at t
@@ -34,7 +38,11 @@ class TrainingTensors:
 
 
 def build_tensors(history: History, args: ModelArgs) -> TrainingTensors:
-    """Build :class:`TrainingTensors` with the same feature functions the service uses."""
+    """Build :class:`TrainingTensors` for ``history`` at ``args``' horizons and static columns.
+
+    The loss mask is 1 where the target bucket was observed and the origin is at or after the
+    item's first observed bucket (the service tracks an item from its first sale on).
+    """
     n, t = history.qty.shape
     h = args.horizons
     observed = history.observed
@@ -45,7 +53,10 @@ def build_tensors(history: History, args: ModelArgs) -> TrainingTensors:
     past_cov[:, :, :-1] = cal
     past_cov[:, :, -1] = log_price(history.price)
     future_buckets = history.first_bucket + np.arange(t)[:, None] + 1 + np.arange(h)[None, :]
-    future_cov = calendar_features(bucket_start_ms(future_buckets, history.freq))  # [T, H, C]
+    # Items share the bucket axis, hence the calendar: one [T, H, C] array viewed as [N, T, H, C].
+    # bucket_start_ms extends the calendar past the last bucket of the data.
+    calendar_ahead = calendar_features(bucket_start_ms(future_buckets, history.freq))
+    future_cov = np.broadcast_to(calendar_ahead, (n, *calendar_ahead.shape))
 
     if args.n_static:
         cols = list(history.static)[: args.n_static]

@@ -1,17 +1,20 @@
 """MQ-CNN: the multi-horizon quantile network, whole, in one file.
 
-Encoder: a stack of causal dilated 1-D convolutions over the past target (log1p), its observed mask,
-the past covariates (calendar, log price) and the item's demand level. Global decoder: an MLP that
-turns the encoding at a forecast origin, the known future covariates of all horizons, the static
-embeddings (store, category: pooled across items, which is what serves cold start) and the feedback
-features (realised errors of the item's own past forecasts) into one context per horizon plus a
-horizon-agnostic context. Local decoder: one small MLP shared across horizons that maps (horizon
-context, agnostic context, that horizon's covariates) to monotone, non-negative quantiles.
+Encoder: a stack of causal dilated convolutions (kernel 2 by default, with residual paths) over the
+past target (log1p), its observed mask, the past covariates (calendar, log price) and a short-window
+demand level. Global decoder: an MLP that turns the encoding at a forecast origin, the item's scale,
+the known future covariates of all horizons, the static embeddings (store, category: pooled across
+items, which is what serves cold start) and the feedback features (realised errors of the item's own
+past forecasts) into one context per horizon plus a horizon-agnostic context. Local decoder: one small
+MLP shared across horizons that maps (horizon context, agnostic context, that horizon's covariates)
+to monotone, non-negative quantiles, multiplied back by the item's scale.
 
 ``forward_all`` makes a forecast at every time step in one pass (forking sequences, for training);
 ``forward`` is the serving entry and equals ``forward_all`` at the last step of a window of
-``context_length`` buckets, because the encoder's receptive field fits in the window and the demand
-level is a rolling mean over the same window.
+``context_length`` buckets, because the encoder's receptive field fits in the window and both the
+scale and the level feature are rolling means that also fit in it. ``forward`` evaluates the encoder
+only at the steps the last output depends on (a tree of ``receptive_field - 1`` steps instead of
+``receptive_field`` steps per layer), which is most of what makes serving fast on a CPU.
 """
 
 from __future__ import annotations
@@ -35,7 +38,7 @@ class ModelArgs:
     quantiles: tuple[float, ...] = (0.1, 0.5, 0.9)
     n_past_cov: int = len(PAST_COVARIATES)
     n_future_cov: int = len(FUTURE_COVARIATES)
-    n_static: int = 0
+    n_static: int = 0  # static categorical columns, each hashed into [0, static_vocab)
     static_vocab: int = 1024
     static_dim: int = 8
     channels: int = 32
@@ -46,26 +49,32 @@ class ModelArgs:
     agnostic_context: int = 32
     local_hidden: int = 32
     use_feedback: bool = True
-    n_feedback: int = field(default=-1)
+    n_feedback: int = field(default=-1)  # -1: 3 + len(quantiles), the width of state.feedback's features
 
     def __post_init__(self) -> None:
         self.quantiles = tuple(float(q) for q in self.quantiles)
         self.dilations = tuple(int(d) for d in self.dilations)
         if self.n_feedback < 0:
             self.n_feedback = 3 + len(self.quantiles)
+        if not self.quantiles or list(self.quantiles) != sorted(set(self.quantiles)):
+            raise ValueError(f"quantiles must be strictly increasing, got {self.quantiles}")
+        if not all(0.0 < q < 1.0 for q in self.quantiles):
+            raise ValueError(f"quantiles must lie in (0, 1), got {self.quantiles}")
+        if not self.dilations or min(self.dilations) < 1 or self.kernel_size < 2:
+            raise ValueError("the encoder needs at least one dilation >= 1 and a kernel of 2 or more")
         if self.receptive_field > self.context_length:
             raise ValueError(
                 f"the encoder sees {self.receptive_field} buckets but the context is {self.context_length}: "
                 "serving would not match training; use fewer/smaller dilations or a longer context"
             )
-        if list(self.quantiles) != sorted(self.quantiles):
-            raise ValueError(f"quantiles must increase, got {self.quantiles}")
 
     @property
     def receptive_field(self) -> int:
+        """Buckets the encoder output at one step depends on (that step included)."""
         return 1 + sum((self.kernel_size - 1) * d for d in self.dilations)
 
     def to_dict(self) -> dict:
+        """JSON-ready arguments; ``ModelArgs(**d)`` rebuilds them."""
         d = asdict(self)
         d["quantiles"] = list(self.quantiles)
         d["dilations"] = list(self.dilations)
@@ -73,7 +82,7 @@ class ModelArgs:
 
 
 def default_args_for(freq: str) -> ModelArgs:
-    """Context and horizons that suit a bucket unit."""
+    """Context and horizons that suit a bucket unit (``h``, ``D``, ``W``, ``M``)."""
     if freq == "W":
         return ModelArgs(context_length=52, horizons=8, dilations=(1, 2, 4, 8, 16))
     if freq == "M":
@@ -84,17 +93,56 @@ def default_args_for(freq: str) -> ModelArgs:
 
 
 class CausalConv(nn.Module):
-    """A dilated convolution that only looks back, with a residual connection."""
+    """A causal dilated convolution with a residual path.
 
-    def __init__(self, c_in: int, c_out: int, kernel: int, dilation: int) -> None:
+    It is written as one linear map of the taps ``(x[s - (k-1)d], ..., x[s - d], x[s])`` so that the
+    same weights serve both the dense pass over every step and the sparse pass over the few steps
+    that one forecast needs.
+    """
+
+    def __init__(self, c_in: int, c_out: int, kernel: int, dilation: int, taps: Tensor) -> None:
         super().__init__()
-        self.pad = (kernel - 1) * dilation
-        self.conv = nn.Conv1d(c_in, c_out, kernel, dilation=dilation)
-        self.skip = nn.Conv1d(c_in, c_out, 1) if c_in != c_out else nn.Identity()
+        self.kernel = kernel
+        self.dilation = dilation
+        self.mix = nn.Linear(kernel * c_in, c_out)
+        self.skip = nn.Linear(c_in, c_out, bias=False) if c_in != c_out else nn.Identity()
+        # The sparse pass's taps (see _sparse_taps); derived from the arguments, so not saved.
+        self.register_buffer("taps", taps, persistent=False)
+
+    def _combine(self, taps: Tensor, current: Tensor) -> Tensor:
+        return F.relu(self.mix(taps)) + self.skip(current)
 
     def forward(self, x: Tensor) -> Tensor:
-        y = self.conv(F.pad(x, (self.pad, 0)))
-        return F.relu(y) + self.skip(x)
+        """Every step: ``x`` [B, T, C_in] -> [B, T, C_out]; steps before the series start are zeros."""
+        t = x.shape[1]
+        padded = F.pad(x, (0, 0, (self.kernel - 1) * self.dilation, 0))
+        taps = [padded[:, j * self.dilation : j * self.dilation + t] for j in range(self.kernel)]
+        return self._combine(torch.cat(taps, dim=-1), x)
+
+    def sparse(self, x: Tensor) -> Tensor:
+        """Only the steps the next layer needs: ``x`` [B, n_in, C_in] -> [B, n_out, C_out], where row
+        ``i`` of ``taps`` names the rows of ``x`` that output ``i`` reads (oldest first, itself last)."""
+        b, n_out = x.shape[0], self.taps.shape[0]
+        gathered = x.index_select(1, self.taps.reshape(-1)).reshape(b, n_out, -1)
+        return self._combine(gathered, x.index_select(1, self.taps[:, -1]))
+
+
+def _sparse_taps(dilations: tuple[int, ...], kernel: int) -> tuple[list[int], list[Tensor]]:
+    """Which steps each layer must compute for the output at the last step.
+
+    Walks down from the top layer, which needs only step 0 (the last; earlier steps are negative).
+    Returns the input steps of the bottom layer and, per layer, its taps as rows of its input.
+    """
+    need = [0]
+    taps_per_layer: list[Tensor] = []
+    for d in reversed(dilations):
+        inputs = sorted({s - j * d for s in need for j in range(kernel)})
+        row = {s: i for i, s in enumerate(inputs)}
+        taps = [[row[s - j * d] for j in reversed(range(kernel))] for s in need]
+        taps_per_layer.append(torch.tensor(taps, dtype=torch.long))
+        need = inputs
+    taps_per_layer.reverse()
+    return need, taps_per_layer
 
 
 class MQCNN(nn.Module):
@@ -105,25 +153,36 @@ class MQCNN(nn.Module):
         self.context_length = args.context_length
         self.horizons = args.horizons
         self.n_quantiles = len(args.quantiles)
-        self.n_future_cov = args.n_future_cov
         self.n_feedback = args.n_feedback
         self.use_feedback = args.use_feedback
         self.n_static = args.n_static
         self.horizon_context = args.horizon_context
         self.receptive_field = args.receptive_field
-        # The encoder's own level feature uses a window short enough that, for every step the last
-        # output depends on, it lies inside the serving window: forward == forward_all exactly.
-        self.level_window = max(1, args.context_length - args.receptive_field + 1)
+        # The level feature's window is short enough that, for every step the last output depends on,
+        # it lies inside the serving window: that is what keeps forward == forward_all exact.
+        self.level_window = args.context_length - args.receptive_field + 1
 
         c_in = 3 + args.n_past_cov  # log1p(target), observed, level, covariates
-        layers = []
-        for i, d in enumerate(args.dilations):
-            layers.append(CausalConv(c_in if i == 0 else args.channels, args.channels, args.kernel_size, d))
-        self.encoder = nn.Sequential(*layers)
-        self.static_emb = nn.Embedding(args.static_vocab, args.static_dim)
+        steps, taps = _sparse_taps(args.dilations, args.kernel_size)
+        self.encoder = nn.ModuleList(
+            [
+                CausalConv(c_in if i == 0 else args.channels, args.channels, args.kernel_size, d, taps[i])
+                for i, d in enumerate(args.dilations)
+            ]
+        )
+        # Window rows the sparse pass starts from (step 0 is the window's last).
+        self.register_buffer(
+            "input_steps", torch.tensor(steps, dtype=torch.long) + args.context_length - 1, persistent=False
+        )
+        # One table, a separate block of rows per column: equal strings in two columns ("1" as a store
+        # and as a department) must not share a vector.
+        self.static_emb = nn.Embedding(max(1, args.n_static) * args.static_vocab, args.static_dim)
+        self.register_buffer(
+            "static_offset", torch.arange(args.n_static, dtype=torch.long) * args.static_vocab, persistent=False
+        )
         g_in = (
             args.channels
-            + 1
+            + 1  # log scale
             + args.horizons * args.n_future_cov
             + args.n_static * args.static_dim
             + (args.n_feedback if args.use_feedback else 0)
@@ -138,59 +197,53 @@ class MQCNN(nn.Module):
             nn.ReLU(),
             nn.Linear(args.local_hidden, self.n_quantiles),
         )
-        # A learnable horizon embedding lets the shared local MLP tell horizons apart.
-        self.horizon_emb = nn.Parameter(torch.zeros(args.horizons, args.horizon_context))
-        nn.init.normal_(self.horizon_emb, std=0.1)
 
     def _rolling_mean(self, target: Tensor, observed: Tensor, window: int) -> Tensor:
         """Mean observed demand over the last ``window`` steps up to each step, [B, T]."""
-        qty = torch.cumsum(F.pad((target * observed).double(), (1, 0)), dim=1)
-        cnt = torch.cumsum(F.pad(observed.double(), (1, 0)), dim=1)
+        # Double precision: differences of long cumulative sums lose digits in float32.
         t = target.shape[1]
-        hi = torch.arange(1, t + 1, device=target.device)
-        lo = torch.clamp(hi - window, min=0)
-        mean = (qty[:, hi] - qty[:, lo]) / torch.clamp(cnt[:, hi] - cnt[:, lo], min=1.0)
-        return mean.to(target.dtype)
+        qty = torch.cumsum((target * observed).double(), dim=1)
+        cnt = torch.cumsum(observed.double(), dim=1)
+        # Sums up to step s minus sums up to step s - window (zero before the series starts).
+        qty = qty - F.pad(qty, (window, 0))[:, :t]
+        cnt = cnt - F.pad(cnt, (window, 0))[:, :t]
+        return (qty / torch.clamp(cnt, min=1.0)).to(target.dtype)
 
     @torch.jit.export
     def rolling_scale(self, target: Tensor, observed: Tensor) -> Tensor:
-        """Demand level at each step: 1 + mean observed demand over the last ``context_length`` steps."""
+        """Item scale at each step, [B, T]: 1 + mean observed demand over the last ``context_length``
+        steps (``state.feedback.item_scale`` of that window)."""
         return 1.0 + self._rolling_mean(target, observed, self.context_length)
 
-    def _encode(self, target: Tensor, observed: Tensor, past_cov: Tensor, last: int) -> Tensor:
-        """Encoder states [B, T', C] of the last ``last`` steps (all steps when ``last`` <= 0)."""
+    def _encoder_input(self, target: Tensor, observed: Tensor, past_cov: Tensor) -> Tensor:
         level = torch.log1p(self._rolling_mean(target, observed, self.level_window))
-        x = torch.cat(
-            [
-                (torch.log1p(target.clamp(min=0.0)) * observed).unsqueeze(-1),
-                observed.unsqueeze(-1),
-                level.unsqueeze(-1),
-                past_cov,
-            ],
-            dim=-1,
-        )
-        if last > 0:
-            x = x[:, -last:]
-        return self.encoder(x.transpose(1, 2)).transpose(1, 2)
+        demand = torch.log1p(target.clamp(min=0.0)) * observed
+        return torch.cat([demand.unsqueeze(-1), observed.unsqueeze(-1), level.unsqueeze(-1), past_cov], dim=-1)
+
+    def _encode_last(self, x: Tensor) -> Tensor:
+        """Encoder state at the last step of a window ``x`` [B, L, C_in] -> [B, C]."""
+        h = x.index_select(1, self.input_steps)
+        for layer in self.encoder:
+            h = layer.sparse(h)
+        return h[:, -1]
 
     def _decode(
         self, enc: Tensor, scale: Tensor, future_cov: Tensor, static: Tensor, feedback: Tensor
     ) -> Tensor:
-        # enc [B, T, C], scale [B, T], future_cov [B, T, H, Cf], static [B, S], feedback [B, T, F]
+        """enc [B, T, C], scale [B, T], future_cov [B, T, H, Cf], static [B, S], feedback [B, T, F]
+        -> quantiles [B, T, H, Q] in demand units."""
         b, t = enc.shape[0], enc.shape[1]
         parts = [enc, torch.log(scale).unsqueeze(-1), future_cov.reshape(b, t, -1)]
         if self.n_static > 0:
-            emb = self.static_emb(static).reshape(b, 1, -1).expand(b, t, -1)
+            emb = self.static_emb(static + self.static_offset).reshape(b, 1, -1).expand(b, t, -1)
             parts.append(emb)
         if self.use_feedback:
             parts.append(feedback)
         g = self.global_mlp(torch.cat(parts, dim=-1))
-        ctx = g[..., : self.horizons * self.horizon_context].reshape(
-            b, t, self.horizons, self.horizon_context
-        )
-        ctx = ctx + self.horizon_emb
-        agn = g[..., self.horizons * self.horizon_context :].unsqueeze(2).expand(-1, -1, self.horizons, -1)
-        raw = self.local_mlp(torch.cat([ctx, agn, future_cov], dim=-1))  # [B, T, H, Q]
+        split = self.horizons * self.horizon_context
+        ctx = g[..., :split].reshape(b, t, self.horizons, self.horizon_context)
+        agnostic = g[..., split:].unsqueeze(2).expand(-1, -1, self.horizons, -1)
+        raw = self.local_mlp(torch.cat([ctx, agnostic, future_cov], dim=-1))
         # Non-crossing: a free base plus positive increments. Non-negative: the ReLU after it, which
         # also lets low quantiles be exactly zero, as they are for intermittent demand.
         q = raw[..., :1] + torch.cumsum(F.pad(F.softplus(raw[..., 1:]), (1, 0)), dim=-1)
@@ -206,10 +259,12 @@ class MQCNN(nn.Module):
         static: Tensor,
         feedback: Tensor,
     ) -> Tensor:
-        """Forecasts at every origin: target/observed [B,T], past_cov [B,T,Cp], future_cov [B,T,H,Cf],
-        static [B,S] int64, feedback [B,T,F] -> quantiles [B,T,H,Q]."""
-        enc = self._encode(target, observed, past_cov, 0)
-        return self._decode(enc, self.rolling_scale(target, observed), future_cov, static, feedback)
+        """Forecasts at every origin (forking sequences): target/observed [B,T], past_cov [B,T,Cp],
+        future_cov [B,T,H,Cf], static [B,S] int64, feedback [B,T,F] -> quantiles [B,T,H,Q]."""
+        h = self._encoder_input(target, observed, past_cov)
+        for layer in self.encoder:
+            h = layer(h)
+        return self._decode(h, self.rolling_scale(target, observed), future_cov, static, feedback)
 
     def forward(
         self,
@@ -220,12 +275,12 @@ class MQCNN(nn.Module):
         static: Tensor,
         feedback: Tensor,
     ) -> Tensor:
-        """Forecast at the last step of a window: target/observed [B,L], past_cov [B,L,Cp],
+        """Forecast at the last step of a window (serving): target/observed [B,L], past_cov [B,L,Cp],
         future_cov [B,H,Cf], static [B,S] int64, feedback [B,F] -> quantiles [B,H,Q]."""
-        # The last output depends on the last ``receptive_field`` steps only: encode just those.
-        enc = self._encode(target, observed, past_cov, self.receptive_field)
-        scale = self.rolling_scale(target, observed)
-        out = self._decode(enc[:, -1:], scale[:, -1:], future_cov.unsqueeze(1), static, feedback.unsqueeze(1))
+        torch._assert(target.shape[1] == self.context_length, "the window must be context_length long")
+        enc = self._encode_last(self._encoder_input(target, observed, past_cov))
+        scale = 1.0 + self._rolling_mean(target, observed, self.context_length)[:, -1:]
+        out = self._decode(enc.unsqueeze(1), scale, future_cov.unsqueeze(1), static, feedback.unsqueeze(1))
         return out[:, 0]
 
 

@@ -63,26 +63,35 @@ class Changelog:
         self.isolation = "read_committed" if read_committed else "read_uncommitted"
         self._slots: dict[int, int] = {}
 
-    def write(self, partition: int, data: bytes, input_offset: int) -> Manifest:
-        """Send one snapshot (chunks, then the manifest); the caller flushes the producer."""
+    def write(self, partition: int, data: bytes, input_offset: int) -> tuple[Manifest, list]:
+        """Send one snapshot (chunks, then the manifest); returns it and the send futures.
+
+        The caller flushes the producer and checks the futures before committing anything that
+        relies on the snapshot.
+        """
         slot = 1 - self._slots.get(partition, 1)
         self._slots[partition] = slot
         snap_id = uuid.uuid4().hex
         n_chunks = max(1, -(-len(data) // CHUNK_BYTES))
+        futures = []
         for i in range(n_chunks):
             chunk = data[i * CHUNK_BYTES : (i + 1) * CHUNK_BYTES]
-            self.producer.send(
-                self.topic,
-                key=_chunk_key(slot, i),
-                value=chunk,
-                partition=partition,
-                headers=[("snapshot", snap_id.encode())],
+            futures.append(
+                self.producer.send(
+                    self.topic,
+                    key=_chunk_key(slot, i),
+                    value=chunk,
+                    partition=partition,
+                    headers=[("snapshot", snap_id.encode())],
+                )
             )
         manifest = Manifest(slot, snap_id, n_chunks, len(data), int(input_offset), int(time.time() * 1000))
-        self.producer.send(
-            self.topic, key=MANIFEST_KEY, value=orjson.dumps(manifest.__dict__), partition=partition
+        futures.append(
+            self.producer.send(
+                self.topic, key=MANIFEST_KEY, value=orjson.dumps(manifest.__dict__), partition=partition
+            )
         )
-        return manifest
+        return manifest, futures
 
     def read_latest(self, partition: int, timeout_s: float = 60.0) -> tuple[bytes, Manifest] | None:
         """The newest complete snapshot of ``partition``, or None if it has none."""

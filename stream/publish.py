@@ -94,6 +94,10 @@ class Publisher:
             self.producer.send(self.dead_letter_topic, value=value, key=key, headers=headers)
         )
 
+    def track(self, futures: list) -> None:
+        """Have :meth:`flush` check other sends of this producer too (state snapshots)."""
+        self._futures.extend(futures)
+
     def discard(self) -> None:
         """Forget sends of an aborted transaction (they will never be acknowledged as committed)."""
         self._futures = []

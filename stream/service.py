@@ -420,7 +420,8 @@ class ForecastService:
         assert self.changelog is not None
         for tp, pos in self.positions.items():
             if tp.partition in self._dirty and tp.partition in self.states:
-                self.changelog.write(tp.partition, snapshot(self.states[tp.partition], pos), pos)
+                _, futures = self.changelog.write(tp.partition, snapshot(self.states[tp.partition], pos), pos)
+                self.publisher.track(futures)
                 self.stats.checkpoints += 1
         self._dirty.clear()
         self._last_checkpoint = self.clock()
