@@ -8,7 +8,7 @@ import numpy as np
 def pinball(y: np.ndarray, pred: np.ndarray, quantiles: np.ndarray) -> np.ndarray:
     """Pinball (quantile) loss of each prediction: ``y`` [...], ``pred`` [..., Q] -> [..., Q]."""
     q = np.asarray(quantiles, dtype=np.float64)
-    diff = np.asarray(y, dtype=np.float64)[..., None] - pred
+    diff = np.asarray(y, dtype=np.float64)[..., None] - np.asarray(pred, dtype=np.float64)
     return np.maximum(q * diff, (q - 1.0) * diff)
 
 
@@ -17,6 +17,7 @@ def weighted_quantile_loss(
 ) -> tuple[np.ndarray, float]:
     """wQL per quantile and their mean: ``2 * sum(pinball) / sum(|y|)`` over cells where both exist."""
     y = np.asarray(y, dtype=np.float64)
+    pred = np.asarray(pred, dtype=np.float64)
     ok = np.isfinite(y) & np.all(np.isfinite(pred), axis=-1)
     if not ok.any():
         return np.full(len(quantiles), np.nan), float("nan")
@@ -28,19 +29,24 @@ def weighted_quantile_loss(
 
 def coverage(y: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> float:
     """Share of actuals inside ``[lo, hi]`` (cells with all three present)."""
+    y, lo, hi = (np.asarray(a, dtype=np.float64) for a in (y, lo, hi))
     ok = np.isfinite(y) & np.isfinite(lo) & np.isfinite(hi)
     if not ok.any():
         return float("nan")
     return float(((y[ok] >= lo[ok]) & (y[ok] <= hi[ok])).mean())
 
 
-def volatility(forecasts: np.ndarray, y: np.ndarray, median_index: int) -> float:
+def volatility(forecasts: np.ndarray, y: np.ndarray, median_index: int | None = None) -> float:
     """How much successive forecasts of the same target move, relative to the demand level.
 
     ``forecasts`` is [N, T, H, Q] (origin ``t``, horizon ``h+1`` targets ``t+h+1``). For every target,
-    the change of the median between the forecasts from origins ``t`` and ``t+1`` (horizons ``h+1``
-    and ``h``) is averaged, then divided by mean |y|.
+    the absolute change of the median between the forecasts from origins ``t`` and ``t+1`` (horizons
+    ``h+1`` and ``h``) is averaged over the pairs where both exist, then divided by the mean |y| of
+    ``y`` (any shape; NaN ignored). ``median_index`` defaults to the middle quantile column.
     """
+    forecasts = np.asarray(forecasts, dtype=np.float64)
+    if median_index is None:
+        median_index = forecasts.shape[-1] // 2
     med = forecasts[..., median_index]  # [N, T, H]
     if med.shape[1] < 2 or med.shape[2] < 2:
         return float("nan")
@@ -48,7 +54,8 @@ def volatility(forecasts: np.ndarray, y: np.ndarray, median_index: int) -> float
     later = med[:, 1:, :-1]  # origin t+1, horizon h: same target
     change = np.abs(later - earlier)
     ok = np.isfinite(change)
-    level = np.nanmean(np.abs(y))
-    if not ok.any() or not np.isfinite(level) or level <= 0:
+    actual = np.abs(np.asarray(y, dtype=np.float64))
+    actual = actual[np.isfinite(actual)]
+    if not ok.any() or actual.size == 0 or actual.mean() <= 0:
         return float("nan")
-    return float(change[ok].mean() / level)
+    return float(change[ok].mean() / actual.mean())

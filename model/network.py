@@ -157,6 +157,7 @@ class MQCNN(nn.Module):
         self.use_feedback = args.use_feedback
         self.n_static = args.n_static
         self.horizon_context = args.horizon_context
+        self.static_dim = args.static_dim
         self.receptive_field = args.receptive_field
         # The level feature's window is short enough that, for every step the last output depends on,
         # it lies inside the serving window: that is what keeps forward == forward_all exact.
@@ -178,7 +179,9 @@ class MQCNN(nn.Module):
         # and as a department) must not share a vector.
         self.static_emb = nn.Embedding(max(1, args.n_static) * args.static_vocab, args.static_dim)
         self.register_buffer(
-            "static_offset", torch.arange(args.n_static, dtype=torch.long) * args.static_vocab, persistent=False
+            "static_offset",
+            torch.arange(args.n_static, dtype=torch.long) * args.static_vocab,
+            persistent=False,
         )
         g_in = (
             args.channels
@@ -218,7 +221,9 @@ class MQCNN(nn.Module):
     def _encoder_input(self, target: Tensor, observed: Tensor, past_cov: Tensor) -> Tensor:
         level = torch.log1p(self._rolling_mean(target, observed, self.level_window))
         demand = torch.log1p(target.clamp(min=0.0)) * observed
-        return torch.cat([demand.unsqueeze(-1), observed.unsqueeze(-1), level.unsqueeze(-1), past_cov], dim=-1)
+        return torch.cat(
+            [demand.unsqueeze(-1), observed.unsqueeze(-1), level.unsqueeze(-1), past_cov], dim=-1
+        )
 
     def _encode_last(self, x: Tensor) -> Tensor:
         """Encoder state at the last step of a window ``x`` [B, L, C_in] -> [B, C]."""
@@ -227,27 +232,43 @@ class MQCNN(nn.Module):
             h = layer.sparse(h)
         return h[:, -1]
 
-    def _decode(
-        self, enc: Tensor, scale: Tensor, future_cov: Tensor, static: Tensor, feedback: Tensor
+    @torch.jit.export
+    def encode(self, target: Tensor, observed: Tensor, past_cov: Tensor) -> Tensor:
+        """Encoder states at every step: target/observed [B,T], past_cov [B,T,Cp] -> [B,T,C]."""
+        h = self._encoder_input(target, observed, past_cov)
+        for layer in self.encoder:
+            h = layer(h)
+        return h
+
+    @torch.jit.export
+    def embed_static(self, static: Tensor) -> Tensor:
+        """Static ids [B,S] int64 -> concatenated embeddings [B, S * static_dim]."""
+        # Explicit sizes: -1 is ambiguous for an empty batch.
+        return self.static_emb(static + self.static_offset).reshape(
+            static.shape[0], self.n_static * self.static_dim
+        )
+
+    @torch.jit.export
+    def decode(
+        self, enc: Tensor, scale: Tensor, future_cov: Tensor, static_emb: Tensor, feedback: Tensor
     ) -> Tensor:
-        """enc [B, T, C], scale [B, T], future_cov [B, T, H, Cf], static [B, S], feedback [B, T, F]
-        -> quantiles [B, T, H, Q] in demand units."""
-        b, t = enc.shape[0], enc.shape[1]
-        parts = [enc, torch.log(scale).unsqueeze(-1), future_cov.reshape(b, t, -1)]
+        """Quantiles for N forecasts, one per row: enc [N,C], scale [N], future_cov [N,H,Cf],
+        static_emb [N,E], feedback [N,F] -> [N,H,Q] in demand units."""
+        n = enc.shape[0]
+        parts = [enc, torch.log(scale).unsqueeze(-1), future_cov.reshape(n, -1)]
         if self.n_static > 0:
-            emb = self.static_emb(static + self.static_offset).reshape(b, 1, -1).expand(b, t, -1)
-            parts.append(emb)
+            parts.append(static_emb)
         if self.use_feedback:
             parts.append(feedback)
         g = self.global_mlp(torch.cat(parts, dim=-1))
         split = self.horizons * self.horizon_context
-        ctx = g[..., :split].reshape(b, t, self.horizons, self.horizon_context)
-        agnostic = g[..., split:].unsqueeze(2).expand(-1, -1, self.horizons, -1)
+        ctx = g[:, :split].reshape(n, self.horizons, self.horizon_context)
+        agnostic = g[:, split:].unsqueeze(1).expand(-1, self.horizons, -1)
         raw = self.local_mlp(torch.cat([ctx, agnostic, future_cov], dim=-1))
         # Non-crossing: a free base plus positive increments. Non-negative: the ReLU after it, which
         # also lets low quantiles be exactly zero, as they are for intermittent demand.
         q = raw[..., :1] + torch.cumsum(F.pad(F.softplus(raw[..., 1:]), (1, 0)), dim=-1)
-        return F.relu(q) * scale.unsqueeze(-1).unsqueeze(-1)
+        return F.relu(q) * scale.reshape(n, 1, 1)
 
     @torch.jit.export
     def forward_all(
@@ -261,10 +282,17 @@ class MQCNN(nn.Module):
     ) -> Tensor:
         """Forecasts at every origin (forking sequences): target/observed [B,T], past_cov [B,T,Cp],
         future_cov [B,T,H,Cf], static [B,S] int64, feedback [B,T,F] -> quantiles [B,T,H,Q]."""
-        h = self._encoder_input(target, observed, past_cov)
-        for layer in self.encoder:
-            h = layer(h)
-        return self._decode(h, self.rolling_scale(target, observed), future_cov, static, feedback)
+        b, t = target.shape[0], target.shape[1]
+        enc = self.encode(target, observed, past_cov)
+        emb = self.embed_static(static).unsqueeze(1).expand(-1, t, -1)
+        out = self.decode(
+            enc.reshape(b * t, -1),
+            self.rolling_scale(target, observed).reshape(b * t),
+            future_cov.reshape(b * t, self.horizons, -1),
+            emb.reshape(b * t, -1),
+            feedback.reshape(b * t, -1),
+        )
+        return out.reshape(b, t, self.horizons, self.n_quantiles)
 
     def forward(
         self,
@@ -279,9 +307,8 @@ class MQCNN(nn.Module):
         future_cov [B,H,Cf], static [B,S] int64, feedback [B,F] -> quantiles [B,H,Q]."""
         torch._assert(target.shape[1] == self.context_length, "the window must be context_length long")
         enc = self._encode_last(self._encoder_input(target, observed, past_cov))
-        scale = 1.0 + self._rolling_mean(target, observed, self.context_length)[:, -1:]
-        out = self._decode(enc.unsqueeze(1), scale, future_cov.unsqueeze(1), static, feedback.unsqueeze(1))
-        return out[:, 0]
+        scale = 1.0 + self._rolling_mean(target, observed, self.context_length)[:, -1]
+        return self.decode(enc, scale, future_cov, self.embed_static(static), feedback)
 
 
 def input_spec(args: ModelArgs) -> dict[str, tuple[tuple[str, ...], str]]:

@@ -1,5 +1,9 @@
 """Training with forking sequences: a forecast at every step of every series, in one pass.
 
+Each step takes a batch of items and runs the encoder once over their whole series; the decoder then
+makes a forecast at every origin that has something to learn from, and the masked pinball loss is
+summed over (origin, horizon, quantile).
+
 Stage 0 trains with empty feedback. Each feedback stage then forecasts every origin with the model
 so far, hands those forecasts to ``feedback_fn`` (the serving ledger's recurrence, injected by the
 caller because ``model/`` does not know the state package) and goes on training with the features it
@@ -16,14 +20,17 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 import torch
+from torch import Tensor
 from tqdm import tqdm
 
 from model.dataset import TrainingTensors, build_tensors
 from model.history import History
 from model.loss import pinball_loss
-from model.metrics import coverage, weighted_quantile_loss
+from model.metrics import coverage, pinball, volatility, weighted_quantile_loss
 from model.network import MQCNN, ModelArgs, n_parameters
 
+#: ``(forecasts [N,T,H,Q] with NaN before each item's first observation, qty [N,T], observed [N,T])
+#: -> feedback features float32 [N,T,F]``.
 FeedbackFn = Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray]
 
 
@@ -31,49 +38,77 @@ FeedbackFn = Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray]
 class TrainConfig:
     """How to train; the defaults fit the bundled data sets on a 2-core CPU in a few minutes."""
 
-    epochs: int = 60
+    epochs: int = 12
     batch_size: int = 64  # items per step; each step covers their whole series
-    lr: float = 3e-3
+    lr: float = 3e-3  # peak; a cosine schedule takes it down to lr / 20 by the end of the run
     weight_decay: float = 1e-5
     seed: int = 0
-    max_minutes: float = 10.0
-    threads: int | None = None
+    max_minutes: float = 4.0  # for the whole run, all stages together
+    threads: int | None = None  # torch CPU threads; None leaves torch's default
     device: str = "cpu"
     feedback_stages: int = 1
-    feedback_share: float = 0.35  # of the epochs and of the time budget
-    validation_buckets: int | None = None  # default: the horizon
-    # "scaled" divides each cell's loss by the item's demand level: every item counts alike.
-    # "raw" sums losses in units, like wQL itself, so big sellers dominate.
+    feedback_share: float = 0.35  # of the epochs and of the time budget, split across feedback stages
+    validation_buckets: int | None = None  # default: the horizon; 0 trains on everything, keeps the last
+    # "raw" sums pinball losses in demand units, which is what wQL measures: an item weighs in
+    # proportion to its volume. "scaled" divides each cell by the item's scale so every item counts
+    # alike, which trades big sellers' accuracy for small ones' and scores worse on wQL.
     loss_weighting: str = "raw"
 
+    def __post_init__(self) -> None:
+        if self.loss_weighting not in ("raw", "scaled"):
+            raise ValueError(f"loss_weighting must be 'raw' or 'scaled', got {self.loss_weighting!r}")
+        if self.epochs < 1 or self.batch_size < 1 or self.feedback_stages < 0:
+            raise ValueError("epochs and batch_size must be >= 1, feedback_stages >= 0")
+        if not 0.0 <= self.feedback_share < 1.0:
+            raise ValueError(f"feedback_share must be in [0, 1), got {self.feedback_share}")
 
-def _batch(tt: TrainingTensors, rows: np.ndarray, fb: np.ndarray, device: torch.device) -> list[torch.Tensor]:
-    b = rows.size
-    t = tt.n_steps
-    fut = np.broadcast_to(tt.future_cov, (b, *tt.future_cov.shape))
-    arrays = [tt.target[rows], tt.observed[rows], tt.past_cov[rows], fut, tt.static[rows], fb[rows]]
-    out = [torch.from_numpy(np.ascontiguousarray(a)).to(device) for a in arrays]
-    assert out[0].shape == (b, t)
-    return out
+
+def _tensors(tt: TrainingTensors, rows: np.ndarray, fb: np.ndarray, start: int, device: torch.device):
+    """Network inputs of ``rows`` from column ``start`` on, in :meth:`MQCNN.forward_all`'s order."""
+    arrays = (
+        tt.target[rows, start:],
+        tt.observed[rows, start:],
+        tt.past_cov[rows, start:],
+        tt.future_cov[rows, start:],
+        tt.static[rows],
+        fb[rows, start:],
+    )
+    return [torch.from_numpy(np.ascontiguousarray(a)).to(device) for a in arrays]
 
 
 @torch.no_grad()
 def forecast_all(
-    model: MQCNN, tt: TrainingTensors, fb: np.ndarray, device: torch.device, batch: int = 256
+    model: MQCNN,
+    tt: TrainingTensors,
+    fb: np.ndarray,
+    device: torch.device | str = "cpu",
+    batch: int = 256,
+    since: int = 0,
 ) -> np.ndarray:
-    """Forecasts at every origin [N, T, H, Q]; NaN at origins before an item's first observation."""
+    """Forecasts at every origin from ``since`` on, [N, T - since, H, Q]; NaN at origins before an
+    item's first observation.
+
+    Only the ``context_length - 1`` columns before ``since`` are read, which gives the same numbers as
+    a pass over the whole series (the serving window equivalence) at a fraction of the cost.
+    """
     model.eval()
-    out = np.empty((tt.n_items, tt.n_steps, model.horizons, model.n_quantiles), dtype=np.float32)
-    for start in range(0, tt.n_items, batch):
-        rows = np.arange(start, min(start + batch, tt.n_items))
-        out[rows] = model.forward_all(*_batch(tt, rows, fb, device)).float().cpu().numpy()
-    untracked = np.arange(tt.n_steps)[None, :] < tt.first[:, None]
+    device = torch.device(device)
+    start = max(0, since - model.context_length + 1)
+    out = np.empty((tt.n_items, tt.n_steps - since, model.horizons, model.n_quantiles), dtype=np.float32)
+    for lo in range(0, tt.n_items, batch):
+        rows = np.arange(lo, min(lo + batch, tt.n_items))
+        pred = model.forward_all(*_tensors(tt, rows, fb, start, device))
+        out[rows] = pred[:, since - start :].float().cpu().numpy()
+    untracked = np.arange(since, tt.n_steps)[None, :] < tt.first[:, None]
     out[untracked] = np.nan
     return out
 
 
-def _validation_mask(tt: TrainingTensors, v: int) -> tuple[np.ndarray, np.ndarray]:
-    """Training cells, and validation cells: targets in the last ``v`` buckets, from origins before them."""
+def _split_cells(tt: TrainingTensors, v: int) -> tuple[np.ndarray, np.ndarray]:
+    """Training cells, and validation cells: targets in the last ``v`` buckets, from origins before them.
+
+    No training cell has a target in the last ``v`` buckets, so validation scores unseen demand.
+    """
     t, h = tt.n_steps, tt.ahead.shape[2]
     target_col = np.arange(t)[:, None] + 1 + np.arange(h)[None, :]
     in_val = target_col >= t - v
@@ -83,22 +118,94 @@ def _validation_mask(tt: TrainingTensors, v: int) -> tuple[np.ndarray, np.ndarra
     return train.astype(np.float32), val.astype(np.float32)
 
 
-def evaluate(
+def _rolling_scale(tt: TrainingTensors, context_length: int) -> np.ndarray:
+    """The network's item scale at every origin, [N, T] (numpy twin of :meth:`MQCNN.rolling_scale`)."""
+    window = np.zeros((tt.n_items, context_length), dtype=np.float64)
+    qty = np.cumsum(np.concatenate([window, tt.target * tt.observed], axis=1), axis=1)
+    cnt = np.cumsum(np.concatenate([window, tt.observed.astype(np.float64)], axis=1), axis=1)
+    total = qty[:, context_length:] - qty[:, :-context_length]
+    count = cnt[:, context_length:] - cnt[:, :-context_length]
+    return (1.0 + total / np.maximum(count, 1.0)).astype(np.float32)
+
+
+class _Objective:
+    """The training loss: ``sum(w * pinball) / sum(w * |y|)`` over cells, with ``w = 1`` ("raw") or
+    ``1 / scale`` ("scaled").
+
+    In a step the denominator is the mean per-item value times the batch's item count, a constant: a
+    step's loss is then an unbiased estimate of the whole objective, and an item weighs the same
+    whatever batch it falls in.
+    """
+
+    def __init__(
+        self, tt: TrainingTensors, cells: np.ndarray, args: ModelArgs, weighting: str, device: torch.device
+    ) -> None:
+        self.q = np.asarray(args.quantiles, dtype=np.float64)
+        self.quantiles = torch.tensor(args.quantiles, dtype=torch.float32, device=device)
+        self.scaled = weighting == "scaled"
+        self.tt = tt
+        self.weight = (
+            1.0 / _rolling_scale(tt, args.context_length) if self.scaled else np.ones_like(tt.target)
+        )
+        per_item = (np.abs(tt.ahead) * cells * self.weight[:, :, None]).sum(axis=(1, 2))
+        self.norm = max(float(per_item.mean()), 1e-6)
+
+    def step(self, pred: Tensor, y: Tensor, mask: Tensor, scale: Tensor, items: int) -> Tensor:
+        """Loss of a batch of ``items`` items (``pred`` [M,H,Q], the rest [M,H], ``scale`` [M])."""
+        weight = (1.0 / scale).unsqueeze(-1) if self.scaled else None
+        return pinball_loss(pred, y, mask, self.quantiles, weight) / (self.norm * items)
+
+    def value(self, pred: np.ndarray, cells: np.ndarray, since: int) -> float:
+        """The objective over ``cells`` [N,T,H] of forecasts ``pred`` [N, T - since, H, Q]."""
+        ok = cells[:, since:] > 0
+        y = self.tt.ahead[:, since:][ok]
+        w = np.broadcast_to(self.weight[:, since:, None], ok.shape)[ok]
+        denom = (w * np.abs(y)).sum()
+        return float((w[:, None] * pinball(y, pred[ok], self.q)).sum() / denom) if denom > 0 else float("nan")
+
+
+def _step_loss(
     model: MQCNN,
-    tt: TrainingTensors,
-    fb: np.ndarray,
-    cells: np.ndarray,
-    quantiles: tuple,
-    device: torch.device,
-) -> tuple[float, float]:
-    """wQL and outer-interval coverage of the model's forecasts on the given cells (a mask [N, T, H])."""
-    pred = forecast_all(model, tt, fb, device)
-    ok = cells > 0
-    if not ok.any():
-        return float("nan"), float("nan")
-    y, p = tt.ahead[ok], pred[ok]
-    _, wql = weighted_quantile_loss(y, p, np.asarray(quantiles))
-    return wql, coverage(y, p[:, 0], p[:, -1])
+    objective: _Objective,
+    inputs: list[Tensor],
+    y: Tensor,
+    mask: Tensor,
+) -> Tensor:
+    """The forking-sequence loss of one batch: encode every step, decode only origins with a target."""
+    target, observed, past_cov, future_cov, static, feedback = inputs
+    enc = model.encode(target, observed, past_cov)
+    scale = model.rolling_scale(target, observed)
+    emb = model.embed_static(static)
+    b_idx, t_idx = torch.nonzero(mask.sum(-1) > 0, as_tuple=True)
+    pred = model.decode(
+        enc[b_idx, t_idx], scale[b_idx, t_idx], future_cov[b_idx, t_idx], emb[b_idx], feedback[b_idx, t_idx]
+    )
+    return objective.step(
+        pred, y[b_idx, t_idx], mask[b_idx, t_idx], scale[b_idx, t_idx].detach(), target.shape[0]
+    )
+
+
+def _evaluate(
+    model: MQCNN, tt: TrainingTensors, fb: np.ndarray, cells: np.ndarray, objective: _Objective, device
+) -> dict[str, float]:
+    """Objective, wQL (and per quantile), outer-interval coverage and forecast volatility on ``cells``
+    (a mask [N, T, H])."""
+    ok_origin = (cells > 0).any(axis=(0, 2))
+    if not ok_origin.any():
+        return {"loss": np.nan, "wql": np.nan, "coverage": np.nan, "volatility": np.nan}
+    since = int(np.argmax(ok_origin))
+    pred = forecast_all(model, tt, fb, device, since=since)
+    ok = cells[:, since:] > 0
+    y, p = tt.ahead[:, since:][ok], pred[ok]
+    per_q, wql = weighted_quantile_loss(y, p, objective.q)
+    result = {
+        "loss": objective.value(pred, cells, since),
+        "wql": wql,
+        "coverage": coverage(y, p[:, 0], p[:, -1]),
+        "volatility": volatility(np.where(ok[..., None], pred, np.nan), y),
+    }
+    result.update({f"wql_q{q:g}": float(v) for q, v in zip(objective.q, per_q, strict=True)})
+    return result
 
 
 def train(
@@ -107,8 +214,14 @@ def train(
     cfg: TrainConfig,
     feedback_fn: FeedbackFn | None = None,
     progress: bool = True,
+    model: MQCNN | None = None,
 ) -> tuple[MQCNN, dict]:
-    """Train an :class:`MQCNN` on ``history``; returns the best model (by validation wQL) and a report."""
+    """Train an :class:`MQCNN` on ``history``; returns the network and a report.
+
+    ``model`` continues training a network built with ``args`` (from a checkpoint, say), in place,
+    instead of a fresh one. Within the last stage, the weights with the best validation wQL are kept: earlier
+    stages saw other feedback features, so their weights do not fit the features served.
+    """
     t_start = time.monotonic()
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
@@ -118,84 +231,84 @@ def train(
     tt = build_tensors(history, args)
     v = cfg.validation_buckets if cfg.validation_buckets is not None else args.horizons
     v = min(v, max(1, tt.n_steps // 4))
-    train_mask, val_mask = _validation_mask(tt, v)
-    model = MQCNN(args).to(device)
+    train_cells, val_cells = _split_cells(tt, v)
+    model = (model if model is not None else MQCNN(args)).to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    quantiles = torch.tensor(args.quantiles, dtype=torch.float32, device=device)
+    objective = _Objective(tt, train_cells, args, cfg.loss_weighting, device)
     fb = np.zeros((tt.n_items, tt.n_steps, args.n_feedback), dtype=np.float32)
 
     stages = cfg.feedback_stages if (feedback_fn is not None and args.use_feedback) else 0
     share = cfg.feedback_share if stages else 0.0
     budget_s = cfg.max_minutes * 60.0
     plan = [(0, max(1, round(cfg.epochs * (1 - share))), budget_s * (1 - share))]
-    for s in range(stages):
-        plan.append((s + 1, max(1, round(cfg.epochs * share / stages)), budget_s * share / stages))
-
+    plan += [
+        (s + 1, max(1, round(cfg.epochs * share / stages)), budget_s * share / stages) for s in range(stages)
+    ]
     steps_per_epoch = math.ceil(tt.n_items / cfg.batch_size)
     total_steps = sum(e for _, e, _ in plan) * steps_per_epoch
-    history_log: list[dict] = []
-    best: tuple[float, dict, float] | None = None
+
+    log: list[dict] = []
+    best: dict = {}
+    step = 0
     bar = tqdm(total=total_steps, disable=not progress, desc="train", unit="step")
     for stage, epochs, stage_budget in plan:
         if stage > 0:
             assert feedback_fn is not None
-            fb = feedback_fn(forecast_all(model, tt, fb, device), tt.target, tt.observed > 0).astype(
-                np.float32
-            )
-            best = None  # features changed: the earlier best is no longer comparable
+            forecasts = forecast_all(model, tt, fb, device)
+            fb = np.asarray(feedback_fn(forecasts, tt.target, tt.observed > 0), dtype=np.float32)
+            best = {}
         stage_start = time.monotonic()
         for epoch in range(epochs):
             model.train()
             order = rng.permutation(tt.n_items)
-            total, weight = 0.0, 0.0
-            for start in range(0, tt.n_items, cfg.batch_size):
-                rows = order[start : start + cfg.batch_size]
-                inputs = _batch(tt, rows, fb, device)
-                pred = model.forward_all(*inputs)
+            total = 0.0
+            for lo in range(0, tt.n_items, cfg.batch_size):
+                # Cosine decay over the run, by steps or by time, whichever is further along.
+                done = max(step / total_steps, (time.monotonic() - t_start) / budget_s)
+                for group in opt.param_groups:
+                    group["lr"] = cfg.lr * (0.05 + 0.95 * 0.5 * (1.0 + math.cos(math.pi * min(done, 1.0))))
+                rows = order[lo : lo + cfg.batch_size]
                 y = torch.from_numpy(tt.ahead[rows]).to(device)
-                m = torch.from_numpy(train_mask[rows]).to(device)
-                if cfg.loss_weighting == "scaled":
-                    scale = model.rolling_scale(inputs[0], inputs[1]).detach().unsqueeze(-1)
-                    loss = pinball_loss(pred, y, m, quantiles, 1.0 / scale) / m.sum().clamp(min=1.0)
-                else:
-                    loss = pinball_loss(pred, y, m, quantiles) / (y.abs() * m).sum().clamp(min=1.0)
+                mask = torch.from_numpy(train_cells[rows]).to(device)
+                loss = _step_loss(model, objective, _tensors(tt, rows, fb, 0, device), y, mask)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
                 opt.step()
-                total += loss.item() * rows.size
-                weight += rows.size
+                total += loss.item() * rows.size / cfg.batch_size
+                step += 1
                 bar.update(1)
-            val, cov = evaluate(model, tt, fb, val_mask, args.quantiles, device)
-            history_log.append(
-                {
-                    "stage": stage,
-                    "epoch": epoch,
-                    "train_loss": total / weight,
-                    "val_wql": val,
-                    "val_coverage": cov,
-                }
-            )
-            bar.set_postfix_str(f"stage {stage} loss {total / weight:.4f} val wQL {val:.4f}", refresh=False)
-            if best is None or (np.isfinite(val) and val < best[0]):
-                best = (val, copy.deepcopy(model.state_dict()), cov)
+            val = _evaluate(model, tt, fb, val_cells, objective, device)
+            entry = {"stage": stage, "epoch": epoch, "train_loss": total / steps_per_epoch}
+            entry.update({f"val_{k}": x for k, x in val.items()})
+            log.append(entry)
+            bar.set_postfix_str(f"stage {stage} loss {entry['train_loss']:.4f} val wQL {val['wql']:.4f}")
+            # NaN compares false: without validation cells (validation_buckets=0) the latest weights win.
+            if not best or not val["wql"] >= best["entry"]["val_wql"]:
+                best = {"entry": entry, "state": copy.deepcopy(model.state_dict())}
             if time.monotonic() - stage_start > stage_budget:
                 break
     bar.close()
-    assert best is not None
-    model.load_state_dict(best[1])
+    model.load_state_dict(best["state"])
     model.eval()
+    chosen = best["entry"]
     report = {
-        "val_wql": best[0],
-        "val_coverage": best[2],
+        "train_loss": chosen["train_loss"],
+        "val_loss": chosen["val_loss"],
+        "val_wql": chosen["val_wql"],
+        "val_wql_per_quantile": {k[9:]: chosen[k] for k in chosen if k.startswith("val_wql_q")},
+        "val_coverage": chosen["val_coverage"],
+        "val_volatility": chosen["val_volatility"],
+        "loss_weighting": cfg.loss_weighting,
         "validation_buckets": v,
-        "epochs_run": len(history_log),
+        "chosen": {"stage": chosen["stage"], "epoch": chosen["epoch"]},
+        "epochs_run": len(log),
         "stages": stages,
         "seconds": round(time.monotonic() - t_start, 1),
         "n_params": n_parameters(model),
         "items": tt.n_items,
         "buckets": tt.n_steps,
         "config": asdict(cfg),
-        "log": history_log,
+        "log": log,
     }
     return model.cpu(), report

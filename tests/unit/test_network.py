@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -10,11 +12,12 @@ from model.network import MQCNN, ModelArgs, default_args_for, input_spec
 from state.feedback import item_scale
 
 
-def _inputs(args: ModelArgs, b: int, t: int, seed: int = 0):
+def _inputs(args: ModelArgs, b: int, t: int, seed: int = 0) -> tuple[torch.Tensor, ...]:
+    """Series inputs [B, T, ...] with intermittent demand, gaps and an item that starts late."""
     g = torch.Generator().manual_seed(seed)
-    target = torch.poisson(torch.rand(b, t, generator=g) * 20)
+    target = torch.poisson(torch.rand(b, t, generator=g) * 20) * (torch.rand(b, t, generator=g) > 0.3)
     observed = (torch.rand(b, t, generator=g) > 0.1).float()
-    observed[0, :30] = 0.0  # an item that starts late
+    observed[0, :30] = 0.0
     past = torch.randn(b, t, args.n_past_cov, generator=g)
     fut = torch.randn(b, t, args.horizons, args.n_future_cov, generator=g)
     static = torch.randint(0, args.static_vocab, (b, args.n_static), generator=g)
@@ -22,46 +25,126 @@ def _inputs(args: ModelArgs, b: int, t: int, seed: int = 0):
     return target * observed, observed, past, fut, static, fb
 
 
-@pytest.mark.parametrize("freq", ["D", "W"])
-def test_serving_forward_equals_training_pass_at_every_full_window(freq):
-    args = default_args_for(freq)
-    args.n_static = 2
-    model = MQCNN(args).eval()
-    target, observed, past, fut, static, fb = _inputs(args, 3, args.context_length + 40)
+def _model(args: ModelArgs, seed: int = 0) -> MQCNN:
+    torch.manual_seed(seed)
+    return MQCNN(args).eval()
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        dataclasses.replace(default_args_for("D"), n_static=2),
+        dataclasses.replace(default_args_for("W"), n_static=4),
+        default_args_for("M"),
+        ModelArgs(context_length=30, horizons=5, dilations=(1, 3, 9), kernel_size=3, n_static=1),
+    ],
+    ids=["D", "W", "M", "kernel3"],
+)
+def test_serving_forward_equals_training_pass_at_every_full_window(args):
+    model = _model(args)
+    target, observed, past, fut, static, fb = _inputs(args, 3, args.context_length + 25)
+    L = args.context_length
     with torch.no_grad():
         every = model.forward_all(target, observed, past, fut, static, fb)
-        L = args.context_length
-        for t in (L - 1, L + 7, target.shape[1] - 1):
+        for t in range(L - 1, target.shape[1]):
             w = slice(t - L + 1, t + 1)
             one = model(target[:, w], observed[:, w], past[:, w], fut[:, t], static, fb[:, t])
             torch.testing.assert_close(one, every[:, t], rtol=1e-5, atol=1e-5)
 
 
-def test_quantiles_are_non_negative_and_non_crossing():
-    args = ModelArgs()
-    model = MQCNN(args).eval()
+def test_forecasts_depend_on_history_inside_the_receptive_field_only():
+    args = ModelArgs(context_length=40, horizons=3, dilations=(1, 2, 4))
+    model = _model(args)
+    target, observed, past, fut, static, fb = _inputs(args, 2, 40)
     with torch.no_grad():
-        out = model.forward_all(*_inputs(args, 4, 80))
-    assert out.shape == (4, 80, args.horizons, len(args.quantiles))
-    assert torch.all(out >= 0)
-    assert torch.all(out[..., 1:] >= out[..., :-1])
+        base = model.forward_all(target, observed, past, fut, static, fb)
+        changed = past.clone()
+        changed[:, 20] += 5.0  # covariates feed the encoder only
+        after = model.forward_all(target, observed, changed, fut, static, fb)
+    moved = (after - base).abs().amax(dim=(0, 2, 3)) > 0
+    expected = torch.zeros(40, dtype=torch.bool)
+    expected[20 : 20 + args.receptive_field] = True
+    assert torch.equal(moved, expected)
+
+
+def test_shapes_and_quantiles_non_negative_and_non_crossing():
+    args = ModelArgs(n_static=3)
+    model = _model(args)
+    target, observed, past, fut, static, fb = _inputs(args, 4, 80)
+    with torch.no_grad():
+        every = model.forward_all(target, observed, past, fut, static, fb)
+        last = model(target[:, -56:], observed[:, -56:], past[:, -56:], fut[:, -1], static, fb[:, -1])
+    assert every.shape == (4, 80, args.horizons, len(args.quantiles)) and every.dtype == torch.float32
+    assert last.shape == (4, args.horizons, len(args.quantiles))
+    # Strongly negative base outputs must still give zeros, not negative demand or crossings.
+    with torch.no_grad():
+        model.local_mlp[-1].bias[0] -= 50.0
+        shifted = model.forward_all(target, observed, past, fut, static, fb)
+    for out in (every, shifted):
+        assert torch.all(out >= 0)
+        assert torch.all(out[..., 1:] >= out[..., :-1])
+    assert (shifted[..., 0] == 0).any()
 
 
 def test_receptive_field_longer_than_the_context_is_refused():
+    assert ModelArgs(context_length=32, dilations=(1, 2, 4, 8, 16)).receptive_field == 32
+    with pytest.raises(ValueError, match="encoder sees 32 buckets but the context is 31"):
+        ModelArgs(context_length=31, dilations=(1, 2, 4, 8, 16))
     with pytest.raises(ValueError, match="encoder sees"):
-        ModelArgs(context_length=16, dilations=(1, 2, 4, 8, 16))
+        ModelArgs(context_length=20, dilations=(1, 3, 9), kernel_size=3)
 
 
-def test_network_scale_is_the_ledger_scale():
+def test_bad_quantiles_are_refused():
+    with pytest.raises(ValueError, match="increasing"):
+        ModelArgs(quantiles=(0.9, 0.1))
+    with pytest.raises(ValueError, match=r"\(0, 1\)"):
+        ModelArgs(quantiles=(0.0, 0.5))
+
+
+def test_network_scale_is_the_ledger_scale_at_every_step():
     args = ModelArgs(context_length=20, dilations=(1, 2, 4))
-    model = MQCNN(args)
-    target, observed, *_ = _inputs(args, 3, 20)
-    ours = model.rolling_scale(target, observed)[:, -1].numpy()
-    theirs = item_scale(target.numpy(), observed.numpy() > 0)
-    np.testing.assert_allclose(ours, theirs, rtol=1e-6)
+    model = _model(args)
+    target, observed, *_ = _inputs(args, 3, 50)
+    ours = model.rolling_scale(target, observed).numpy()
+    for t in range(50):
+        w = slice(max(0, t - 19), t + 1)
+        theirs = item_scale(target[:, w].numpy(), observed[:, w].numpy() > 0)
+        np.testing.assert_allclose(ours[:, t], theirs, rtol=1e-6)
+
+
+def test_output_is_proportional_to_scale():
+    # Quantiles are the scale times the head's output: a demand level far outside anything seen
+    # gives forecasts at that level, not saturated ones.
+    args = ModelArgs(context_length=32, horizons=2, dilations=(1, 2, 4))
+    model = _model(args)
+    target, observed, past, fut, static, fb = _inputs(args, 2, 32)
+    observed = torch.ones_like(observed)
+    big = torch.full_like(target, 1e6)
+    with torch.no_grad():
+        out = model(big, observed, past, fut[:, -1], static, fb[:, -1])
+    assert out[..., -1].min() > 1e3
+
+
+def test_equal_strings_in_different_static_columns_get_different_vectors():
+    args = ModelArgs(n_static=2)
+    model = _model(args)
+    emb = model.embed_static(torch.tensor([[7, 7]]))
+    assert emb.shape == (1, 2 * args.static_dim)
+    assert not torch.allclose(emb[0, : args.static_dim], emb[0, args.static_dim :])
+
+
+def test_serving_window_must_be_context_length_long():
+    args = ModelArgs()
+    model = _model(args)
+    target, observed, past, fut, static, fb = _inputs(args, 2, args.context_length + 1)
+    with pytest.raises(AssertionError, match="context_length"):
+        model(target, observed, past, fut[:, -1], static, fb[:, -1])
 
 
 def test_input_spec_names_forward_arguments_in_order():
-    spec = input_spec(ModelArgs())
+    args = ModelArgs(n_static=2)
+    spec = input_spec(args)
     assert list(spec) == ["target", "observed", "past_cov", "future_cov", "static", "feedback"]
-    assert spec["static"][1] == "int64"
+    assert spec["static"] == (("B", "2"), "int64")
+    assert spec["past_cov"][0] == ("B", str(args.context_length), str(args.n_past_cov))
+    assert spec["feedback"][0] == ("B", str(args.n_feedback)) and args.n_feedback == 3 + len(args.quantiles)

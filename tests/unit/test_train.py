@@ -1,60 +1,184 @@
-"""Training with forking sequences on a small synthetic history."""
+"""Training tensors and forking-sequence training on a small synthetic history."""
 
 from __future__ import annotations
 
+import copy
+import dataclasses
+
 import numpy as np
+import pytest
 import torch
 
+from model.dataset import build_tensors
+from model.features import calendar_features
+from model.history import History, bucket_start_ms, dates_to_buckets
 from model.metrics import weighted_quantile_loss
 from model.network import ModelArgs
-from model.train import TrainConfig, build_tensors, forecast_all, train
+from model.train import TrainConfig, forecast_all, train
 from state.feedback import replay_feedback
 
-ARGS = ModelArgs(context_length=28, horizons=7, dilations=(1, 2, 4, 8), channels=16, global_hidden=64)
-CFG = TrainConfig(epochs=6, batch_size=8, lr=5e-3, threads=1, max_minutes=1.0, feedback_stages=0)
+ARGS = ModelArgs(
+    context_length=28, horizons=7, dilations=(1, 2, 4, 8), channels=16, global_hidden=32, horizon_context=8
+)
+CFG = TrainConfig(epochs=8, batch_size=8, lr=1e-2, threads=1, max_minutes=1.0, feedback_stages=0)
 
 
-def test_trained_model_beats_a_constant_forecast(make_history):
-    h = make_history(n_items=24, n_days=100)
-    model, report = train(h, ARGS, CFG, progress=False)
-    tt = build_tensors(h, ARGS)
-    pred = forecast_all(
-        model, tt, np.zeros((tt.n_items, tt.n_steps, ARGS.n_feedback), np.float32), torch.device("cpu")
+def weekly_history(n_items: int = 40, n_days: int = 98, seed: int = 0) -> History:
+    """Daily demand with a strong weekly pattern, volumes two orders of magnitude apart, late starts
+    and a few unobserved days."""
+    rng = np.random.default_rng(seed)
+    level = rng.choice([0.5, 4.0, 40.0], n_items)
+    dow = np.array([0.2, 1.0, 1.0, 1.2, 1.6, 2.4, 0.6])
+    # 2021-01-04 is a Monday: column t is weekday t % 7.
+    qty = rng.poisson(level[:, None] * dow[np.arange(n_days) % 7][None, :]).astype(np.float32)
+    first = rng.integers(0, 21, n_items)
+    observed = np.arange(n_days)[None, :] >= first[:, None]
+    observed &= rng.random((n_items, n_days)) > 0.02
+    price = np.where(observed, rng.uniform(1, 5, n_items)[:, None], np.nan).astype(np.float32)
+    return History(
+        item_ids=np.array([f"sku-{i}" for i in range(n_items)]),
+        freq="D",
+        first_bucket=int(dates_to_buckets(np.array(["2021-01-04"]), "D")[0]),
+        qty=np.where(observed, qty, 0.0).astype(np.float32),
+        observed=observed,
+        price=price,
+        static={"store": np.array([f"s{i % 3}" for i in range(n_items)])},
     )
+
+
+@pytest.fixture(scope="module")
+def history() -> History:
+    return weekly_history()
+
+
+@pytest.fixture(scope="module")
+def trained(history):
+    return train(history, ARGS, CFG, progress=False)
+
+
+def _zeros_fb(tt) -> np.ndarray:
+    return np.zeros((tt.n_items, tt.n_steps, ARGS.n_feedback), np.float32)
+
+
+def test_tensors_line_up_targets_masks_and_calendar(history):
+    args = dataclasses.replace(ARGS, n_static=1)
+    tt = build_tensors(history, args)
+    n, t, h = history.n_items, history.n_buckets, args.horizons
+    assert tt.past_cov.shape == (n, t, args.n_past_cov) and tt.static.shape == (n, 1)
+    assert tt.future_cov.shape == (n, t, h, args.n_future_cov) and tt.mask.shape == (n, t, h)
+    i = 5
+    for origin, step in ((30, 0), (40, 6), (t - 2, 0)):
+        col = origin + 1 + step
+        assert tt.ahead[i, origin, step] == history.qty[i, col]
+        assert tt.mask[i, origin, step] == float(history.observed[i, col] and origin >= tt.first[i])
+    # Targets past the end of the data are masked; their calendar is extended, not clamped.
+    assert tt.mask[:, -1].sum() == 0 and tt.mask[:, t - 3, 2:].sum() == 0
+    beyond = bucket_start_ms(np.array([history.first_bucket + t + 3]), "D")
+    np.testing.assert_allclose(tt.future_cov[0, t - 1, 3], calendar_features(beyond)[0])
+    # No loss before an item is first seen, even if a later bucket was observed.
+    late = int(np.argmax(tt.first))
+    assert tt.first[late] > 0 and tt.mask[late, : tt.first[late]].sum() == 0
+    assert tt.past_cov[0, :, -1].min() >= 0  # log price, 0 before the first known price
+
+
+def test_trained_model_beats_constant_quantiles(history, trained):
+    model, report = trained
+    tt = build_tensors(history, ARGS)
+    pred = forecast_all(model, tt, _zeros_fb(tt))
+    v = report["validation_buckets"]
+    assert v == ARGS.horizons
+    # Score the validation cells: targets in the last v buckets, forecast before them.
     ok = tt.mask > 0
-    ok[:, : ARGS.context_length] = False
+    ok[:, history.n_buckets - v :] = False
+    target_col = np.arange(history.n_buckets)[:, None] + 1 + np.arange(ARGS.horizons)[None, :]
+    ok &= (target_col >= history.n_buckets - v)[None]
     y = tt.ahead[ok]
-    _, ours = weighted_quantile_loss(y, pred[ok], np.array(ARGS.quantiles))
-    # Per-item constant: the item's mean demand at every quantile.
-    level = np.broadcast_to(h.qty.mean(axis=1)[:, None, None], tt.ahead.shape)[ok]
-    _, flat = weighted_quantile_loss(y, np.repeat(level[:, None], 3, axis=1), np.array(ARGS.quantiles))
-    assert ours < flat
-    assert report["epochs_run"] == CFG.epochs and np.isfinite(report["val_wql"])
+    q = np.array(ARGS.quantiles)
+    _, ours = weighted_quantile_loss(y, pred[ok], q)
+    assert ours == pytest.approx(report["val_wql"], rel=1e-5)
+    # The best constant forecast per item: its empirical quantiles over the training buckets.
+    train_part = np.where(history.observed, history.qty, np.nan)[:, : history.n_buckets - v]
+    flat = np.nanquantile(train_part, q, axis=1).T  # [N, Q]
+    const = np.broadcast_to(flat[:, None, None, :], pred.shape)[ok]
+    _, baseline = weighted_quantile_loss(y, const, q)
+    assert ours < 0.85 * baseline, (ours, baseline)
+    assert report["epochs_run"] == CFG.epochs and report["stages"] == 0
+    assert report["n_params"] == sum(p.numel() for p in model.parameters())
+    assert report["train_loss"] > 0 and np.isfinite(report["val_loss"])
 
 
-def test_training_is_deterministic_with_a_seed(make_history):
-    h = make_history(n_items=12, n_days=60)
-    cfg = TrainConfig(epochs=2, batch_size=6, threads=1, feedback_stages=0)
-    a, _ = train(h, ARGS, cfg, progress=False)
-    b, _ = train(h, ARGS, cfg, progress=False)
+def test_forecasts_from_a_late_origin_equal_the_full_pass(history, trained):
+    model, _ = trained
+    tt = build_tensors(history, ARGS)
+    full = forecast_all(model, tt, _zeros_fb(tt), batch=16)
+    late = forecast_all(model, tt, _zeros_fb(tt), since=60)
+    np.testing.assert_allclose(late, full[:, 60:], rtol=1e-5, atol=1e-5)
+    untracked = np.arange(history.n_buckets)[None, :] < tt.first[:, None]
+    assert np.isnan(full[untracked]).all() and np.isfinite(full[~untracked]).all()
+
+
+def test_training_is_deterministic_with_a_seed(history):
+    small = weekly_history(n_items=12, n_days=60)
+    cfg = dataclasses.replace(CFG, epochs=2, batch_size=6)
+    a, ra = train(small, ARGS, cfg, progress=False)
+    b, rb = train(small, ARGS, cfg, progress=False)
+    c, _ = train(small, ARGS, dataclasses.replace(cfg, seed=1), progress=False)
     for x, y in zip(a.state_dict().values(), b.state_dict().values(), strict=True):
         torch.testing.assert_close(x, y, rtol=0, atol=0)
+    assert ra["val_wql"] == rb["val_wql"]
+    assert any(
+        not torch.equal(x, y) for x, y in zip(a.state_dict().values(), c.state_dict().values(), strict=True)
+    )
 
 
-def test_feedback_stage_receives_features_of_the_models_own_forecasts(make_history):
-    h = make_history(n_items=12, n_days=60)
-    seen: list[np.ndarray] = []
+def test_feedback_stage_trains_on_features_of_the_models_own_forecasts():
+    h = weekly_history(n_items=16, n_days=70)
+    calls: list[tuple[np.ndarray, np.ndarray]] = []
 
     def feedback_fn(forecasts, qty, observed):
-        assert np.isnan(forecasts[~(np.arange(qty.shape[1])[None] >= observed.argmax(axis=1)[:, None])]).all()
         fb = replay_feedback(forecasts, qty, observed, ARGS.context_length, ARGS.quantiles)
-        seen.append(fb)
+        calls.append((forecasts, fb))
         return fb
 
-    cfg = TrainConfig(epochs=3, batch_size=6, threads=1, feedback_stages=1)
-    _, report = train(h, ARGS, cfg, feedback_fn=feedback_fn, progress=False)
-    assert len(seen) == 1 and report["stages"] == 1
-    fb = seen[0]
-    assert fb.shape == (12, 60, ARGS.n_feedback)
-    assert fb[:, -1, 0].min() > 0.9  # every item has many realised forecasts by the end
-    assert np.abs(fb[:, :, 1:]).sum() > 0
+    cfg = dataclasses.replace(CFG, epochs=3, feedback_stages=1)
+    model, report = train(h, ARGS, cfg, feedback_fn=feedback_fn, progress=False)
+    assert len(calls) == 1 and report["stages"] == 1 and report["chosen"]["stage"] == 1
+    forecasts, fb = calls[0]
+    tt = build_tensors(h, ARGS)
+    assert forecasts.shape == (16, 70, ARGS.horizons, len(ARGS.quantiles))
+    untracked = np.arange(70)[None, :] < tt.first[:, None]
+    assert np.isnan(forecasts[untracked]).all() and np.isfinite(forecasts[~untracked]).all()
+    assert fb.shape == (16, 70, ARGS.n_feedback) and fb[:, -1, 0].min() > 0.9
+    # The trained network reads the features: zeroing them changes its forecasts.
+    with_fb = forecast_all(model, tt, fb)
+    without = forecast_all(model, tt, np.zeros_like(fb))
+    assert np.nanmax(np.abs(with_fb - without)) > 1e-3
+
+
+def test_no_feedback_stage_without_a_feedback_function_or_with_feedback_off(history):
+    small = weekly_history(n_items=8, n_days=50)
+    cfg = dataclasses.replace(CFG, epochs=1, feedback_stages=2)
+    _, report = train(small, ARGS, cfg, progress=False)
+    assert report["stages"] == 0
+
+    def never(*_):
+        raise AssertionError("feedback_fn must not be called when the network ignores feedback")
+
+    _, report = train(
+        small, dataclasses.replace(ARGS, use_feedback=False), cfg, feedback_fn=never, progress=False
+    )
+    assert report["stages"] == 0
+
+
+def test_training_resumes_from_a_given_network(history, trained):
+    cfg = dataclasses.replace(CFG, epochs=1, lr=1e-4)
+    _, fresh = train(history, ARGS, cfg, progress=False)
+    _, resumed = train(history, ARGS, cfg, progress=False, model=copy.deepcopy(trained[0]))
+    assert resumed["val_wql"] < fresh["val_wql"]
+
+
+def test_config_is_checked():
+    with pytest.raises(ValueError, match="loss_weighting"):
+        TrainConfig(loss_weighting="log")
+    with pytest.raises(ValueError, match="feedback_share"):
+        TrainConfig(feedback_share=1.0)
