@@ -1,0 +1,62 @@
+"""Service settings from flags and MQCAST_ environment variables."""
+
+from __future__ import annotations
+
+import pytest
+
+from stream.cli import build_parser, main
+from stream.config import parse_duration_ms, service_config_from_args
+
+
+def _serve_args(argv: list[str]):
+    return build_parser().parse_args(["serve", *argv])
+
+
+def test_defaults_run_as_they_are():
+    cfg = service_config_from_args(_serve_args([]))
+    assert cfg.kafka.bootstrap == "127.0.0.1:9092" and cfg.kafka.sales_topic == "sales"
+    assert cfg.batcher.max_batch == 1024 and cfg.batcher.max_delay_ms == 50
+    assert cfg.allowed_lateness_ms == 600_000 and cfg.durability.changelog and not cfg.durability.exactly_once
+
+
+def test_environment_sets_defaults_and_flags_win(monkeypatch):
+    monkeypatch.setenv("MQCAST_MAX_BATCH", "512")
+    monkeypatch.setenv("MQCAST_ALLOWED_LATENESS", "1h")
+    monkeypatch.setenv("MQCAST_EXACTLY_ONCE", "on")
+    cfg = service_config_from_args(_serve_args(["--max-batch", "64"]))
+    assert cfg.batcher.max_batch == 64
+    assert cfg.allowed_lateness_ms == 3_600_000 and cfg.durability.exactly_once
+
+
+def test_help_names_each_variable_and_default(capsys):
+    with pytest.raises(SystemExit):
+        _serve_args(["--help"])
+    text = capsys.readouterr().out
+    for name in ("MQCAST_BOOTSTRAP", "MQCAST_MODEL", "MQCAST_MAX_DELAY", "MQCAST_EXACTLY_ONCE"):
+        assert name in text
+    assert "default: 50ms" in text
+
+
+@pytest.mark.parametrize(
+    ("env", "value", "message"),
+    [
+        ("MQCAST_MAX_BATCH", "lots", "not an integer"),
+        ("MQCAST_METRICS_PORT", "70000", "between 0 and 65535"),
+        ("MQCAST_MAX_DELAY", "soon", "not a duration"),
+        ("MQCAST_DEVICE", "gpu", "MQCAST_DEVICE='gpu' is not one of"),
+    ],
+)
+def test_bad_environment_value_is_a_usage_error(monkeypatch, capsys, env, value, message):
+    monkeypatch.setenv(env, value)
+    with pytest.raises(SystemExit) as exc:
+        main(["serve", "--model", "m.pt"])
+    assert exc.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_durations():
+    assert (
+        parse_duration_ms("500ms") == 500
+        and parse_duration_ms("2") == 2000
+        and parse_duration_ms("1d") == 86_400_000
+    )
