@@ -58,11 +58,15 @@ def build_tensors(history: History, args: ModelArgs) -> TrainingTensors:
     calendar_ahead = calendar_features(bucket_start_ms(future_buckets, history.freq))
     future_cov = np.broadcast_to(calendar_ahead, (n, *calendar_ahead.shape))
 
-    if args.n_static:
-        cols = list(history.static)[: args.n_static]
-        static = np.stack([static_ids(history.static[c], args.static_vocab) for c in cols], axis=1)
-    else:
-        static = np.zeros((n, 0), dtype=np.int64)
+    if args.n_static > len(history.static):
+        raise ValueError(
+            f"the network takes {args.n_static} static columns, the history has {list(history.static)}"
+        )
+    # The first n_static columns, in file order: the artefact names them for the service.
+    cols = list(history.static)[: args.n_static]
+    static = np.zeros((n, len(cols)), dtype=np.int64)
+    for j, c in enumerate(cols):
+        static[:, j] = static_ids(history.static[c], args.static_vocab)
 
     idx = np.arange(t)[:, None] + 1 + np.arange(h)[None, :]  # [T, H] target column
     inside = idx < t

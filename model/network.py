@@ -12,9 +12,9 @@ to monotone, non-negative quantiles, multiplied back by the item's scale.
 ``forward_all`` makes a forecast at every time step in one pass (forking sequences, for training);
 ``forward`` is the serving entry and equals ``forward_all`` at the last step of a window of
 ``context_length`` buckets, because the encoder's receptive field fits in the window and both the
-scale and the level feature are rolling means that also fit in it. ``forward`` evaluates the encoder
-only at the steps the last output depends on (a tree of ``receptive_field - 1`` steps instead of
-``receptive_field`` steps per layer), which is most of what makes serving fast on a CPU.
+scale and the level feature are rolling means that also fit in it. ``forward`` evaluates each encoder
+layer only at the steps the last output depends on (with dilations 1, 2, 4, 8, 16: 16, 8, 4, 2 and 1
+steps instead of 32 per layer), which is most of what makes serving fast on a CPU.
 """
 
 from __future__ import annotations
@@ -177,7 +177,7 @@ class MQCNN(nn.Module):
         )
         # One table, a separate block of rows per column: equal strings in two columns ("1" as a store
         # and as a department) must not share a vector.
-        self.static_emb = nn.Embedding(max(1, args.n_static) * args.static_vocab, args.static_dim)
+        self.static_emb = nn.Embedding(max(1, args.n_static * args.static_vocab), args.static_dim)
         self.register_buffer(
             "static_offset",
             torch.arange(args.n_static, dtype=torch.long) * args.static_vocab,

@@ -59,6 +59,17 @@ class ClosedBucket:
     window_buckets: np.ndarray  # int64 [L]: bucket index of each window column
     score: RealisedScore
 
+    def split(self, k: int) -> tuple[ClosedBucket, ClosedBucket]:
+        """The first ``k`` items and the rest, as two closed buckets of the same bucket (forecasting
+        them apart records the same ledger entries as forecasting them together)."""
+        head = {f: getattr(self, f)[:k] for f in _PER_ITEM}
+        tail = {f: getattr(self, f)[k:] for f in _PER_ITEM}
+        shared = {"bucket": self.bucket, "window_buckets": self.window_buckets, "score": self.score}
+        return ClosedBucket(**head, **shared), ClosedBucket(**tail, **shared)
+
+
+_PER_ITEM = ("rows", "item_ids", "target", "observed", "price", "feedback")
+
 
 class PartitionState:
     """The rolling state of one partition: item rows, ring buffers, open buckets and the ledger."""

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from state.partition import ClosedBucket
 
@@ -71,6 +71,10 @@ class MicroBatcher:
         )
         self._rows += int(closed.rows.shape[0])
 
+    def pending(self) -> list[ForecastRequest]:
+        """The queued requests, oldest first (a copy)."""
+        return list(self._pending)
+
     def has_pending(self, partition: int) -> bool:
         """Whether a request of ``partition`` waits (its next bucket must not close before it runs)."""
         return any(r.partition == partition for r in self._pending)
@@ -89,9 +93,28 @@ class MicroBatcher:
         wait = self.seconds_until_due()
         return wait is not None and wait <= 0.0
 
-    def take(self) -> list[ForecastRequest]:
-        """Remove and return every pending request."""
-        taken, self._pending, self._rows = self._pending, [], 0
+    def take(self, max_rows: int | None = None) -> list[ForecastRequest]:
+        """Remove and return the pending requests, oldest first: all of them, or about ``max_rows``
+        rows (the last request is split so no more than ``max_rows`` leave)."""
+        if max_rows is None or self._rows <= max_rows:
+            taken, self._pending, self._rows = self._pending, [], 0
+            return taken
+        taken: list[ForecastRequest] = []
+        rows = 0
+        while self._pending and rows < max_rows:
+            req = self._pending[0]
+            room = max_rows - rows
+            if req.rows <= room:
+                taken.append(self._pending.pop(0))
+                rows += req.rows
+            else:
+                # The tail stays first in line with its original times, so its delay bound and its
+                # end-to-end latency still count from when the bucket closed.
+                head_closed, tail_closed = req.closed.split(room)
+                taken.append(replace(req, closed=head_closed))
+                self._pending[0] = replace(req, closed=tail_closed)
+                rows += room
+        self._rows -= rows
         return taken
 
 

@@ -63,19 +63,29 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from prometheus_client import CollectorRegistry
 
     from stream.config import service_config_from_args
+    from stream.health import Health, serve_http
     from stream.inference import Predictor
-    from stream.metrics import serve_metrics
+    from stream.reload import resolve_model_path
     from stream.service import ForecastService
 
     if args.model is None:
         raise MqcastError("serve needs a model: --model PATH or MQCAST_MODEL (train one with `mqcast train`)")
-    cfg = service_config_from_args(args)
-    predictor = Predictor.load(cfg.model.path, cfg.model.device)
+    try:
+        cfg = service_config_from_args(args)
+    except ValueError as exc:
+        raise MqcastError(str(exc)) from exc
+    predictor = Predictor.load(resolve_model_path(cfg.model.path), cfg.model.device)
     registry = CollectorRegistry()
-    service = ForecastService(cfg, predictor, registry)
+    health = Health(stall_after_s=cfg.metrics.stall_after_s)
+    # Probes answer (not ready) while the service connects and restores, so start the endpoint first.
     if cfg.metrics.port:
-        serve_metrics(registry, cfg.metrics.host, cfg.metrics.port)
-        logging.info("metrics on http://%s:%d/metrics", cfg.metrics.host, cfg.metrics.port)
+        serve_http(registry, health, cfg.metrics.host, cfg.metrics.port)
+        logging.info(
+            "metrics and health on http://%s:%d/metrics, /healthz, /readyz",
+            cfg.metrics.host,
+            cfg.metrics.port,
+        )
+    service = ForecastService(cfg, predictor, registry, health=health)
     logging.info(
         "serving model %s on %s: %s -> %s",
         predictor.version,
@@ -183,6 +193,14 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="training device")
 
 
+def cmd_backtest(args: argparse.Namespace) -> int:
+    """``mqcast backtest``: the ladder table, CSV/Markdown/JSON and plots."""
+    from model.backtest import run_backtest_command
+    from state.feedback import replay_feedback
+
+    return run_backtest_command(args, feedback_replay=replay_feedback)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The full ``mqcast`` parser."""
     parser = argparse.ArgumentParser(
@@ -224,6 +242,19 @@ def build_parser() -> argparse.ArgumentParser:
     add_train_arguments(p)
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser(
+        "backtest",
+        help="rolling-origin backtest of the forecasting ladder on a history file",
+        description="Fit each rung (seasonal naive, exponential smoothing, quantile random forest, "
+        "feed-forward net, MQ-CNN, MQ-CNN with feedback) before the first origin and score it at "
+        "rolling origins on the same cells: wQL per quantile, outer-interval coverage, volatility, "
+        "fit and predict time. Writes backtest.csv/.md/.json and PNG plots to --out-dir.",
+    )
+    from model.backtest import add_backtest_arguments
+
+    add_backtest_arguments(p)
+    p.set_defaults(func=cmd_backtest)
 
     p = sub.add_parser(
         "replay",
@@ -271,12 +302,30 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Entry point of ``mqcast``."""
+def parse_command_line(argv: list[str] | None = None) -> argparse.Namespace:
+    """Parse ``argv`` with flags over environment over ``--config`` file over defaults.
+
+    Exits with a usage error (status 2) naming the setting when a value is invalid.
+    """
     parser = build_parser()
     args = parser.parse_args(argv)
     sub = parser._subparsers._group_actions[0].choices[args.command]  # type: ignore[union-attr]
+    if getattr(args, "config", None) is not None:
+        from stream.config_file import ConfigFileError, apply_config_file
+
+        try:
+            apply_config_file(sub, args.config)
+        except ConfigFileError as exc:
+            sub.error(str(exc))
+        # Parse again so the file's values go through the flags' types like any default.
+        args = parser.parse_args(argv)
     check_env_choices(sub, args)
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of ``mqcast``."""
+    args = parse_command_line(argv)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",

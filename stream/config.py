@@ -158,10 +158,46 @@ class ModelServeConfig:
 
 @dataclass(frozen=True)
 class MetricsConfig:
-    """Where Prometheus scrapes the service (port 0 disables the endpoint)."""
+    """Where Prometheus scrapes the service and probes its health (port 0 disables the endpoint)."""
 
     host: str = "127.0.0.1"
     port: int = 9464
+    #: ``/healthz`` fails once the consumer loop has not completed a turn for this long.
+    stall_after_s: float = 120.0
+
+
+@dataclass(frozen=True)
+class ReloadConfig:
+    """Hot model reload: whether the model path is watched for a new artefact, and how often."""
+
+    watch: bool = False
+    interval_s: float = 10.0
+
+    def __post_init__(self) -> None:
+        if self.interval_s <= 0:
+            raise ValueError(f"model watch interval must be > 0 seconds, got {self.interval_s}")
+
+
+@dataclass(frozen=True)
+class FlowConfig:
+    """Backpressure: how much forecasting one loop turn may do before the consumer polls again.
+
+    A bucket roll of a large catalogue is more work than one turn may hold without the group
+    deciding the member is dead (``max_poll_interval_ms``). Work beyond ``turn_budget_ms`` waits in
+    the batcher, the input partitions are paused until it is done, and the loop keeps polling.
+    """
+
+    turn_budget_ms: int = 5_000
+    #: Pending forecast rows above which input is paused even within the budget.
+    max_pending_rows: int = 1_000_000
+    max_poll_interval_ms: int = 300_000
+
+    def __post_init__(self) -> None:
+        if self.turn_budget_ms * 4 > self.max_poll_interval_ms:
+            raise ValueError(
+                f"the turn budget ({self.turn_budget_ms} ms) must be at most a quarter of "
+                f"max_poll_interval_ms ({self.max_poll_interval_ms} ms)"
+            )
 
 
 @dataclass(frozen=True)
@@ -173,6 +209,8 @@ class ServiceConfig:
     batcher: BatcherConfig = field(default_factory=BatcherConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     durability: DurabilityConfig = field(default_factory=DurabilityConfig)
+    reload: ReloadConfig = field(default_factory=ReloadConfig)
+    flow: FlowConfig = field(default_factory=FlowConfig)
     allowed_lateness_ms: int = 600_000
     #: Forget items that sold nothing in this many closed buckets (0: never), bounding memory.
     evict_after_buckets: int = 0
@@ -190,6 +228,14 @@ def add_kafka_arguments(parser: argparse.ArgumentParser) -> None:
 
 def add_service_arguments(parser: argparse.ArgumentParser) -> None:
     """Flags of ``mqcast serve`` (and of ``mqcast demo``, which runs the same service)."""
+    add_env_argument(
+        parser,
+        "--config",
+        "CONFIG",
+        type=Path,
+        default=None,
+        help="TOML file of settings named like these flags (flags and environment override it)",
+    )
     add_kafka_arguments(parser)
     g = parser.add_argument_group("topics and group")
     add_env_argument(
@@ -270,7 +316,30 @@ def add_service_arguments(parser: argparse.ArgumentParser) -> None:
         "give each instance its own --client-id or --group-instance-id)",
     )
     m = parser.add_argument_group("model")
-    add_env_argument(m, "--model", "MODEL", type=Path, default=None, help="TorchScript model artefact")
+    add_env_argument(
+        m,
+        "--model",
+        "MODEL",
+        type=Path,
+        default=None,
+        help="TorchScript model artefact, or a directory whose newest *.pt is the model",
+    )
+    add_env_argument(
+        m,
+        "--model-watch",
+        "MODEL_WATCH",
+        type=_on_off,
+        default="off",
+        help="swap in a new artefact at --model when it changes (validated first; a bad one is refused)",
+    )
+    add_env_argument(
+        m,
+        "--model-watch-interval",
+        "MODEL_WATCH_INTERVAL",
+        type=parse_duration_ms,
+        default="10s",
+        help="how often the model path is checked",
+    )
     add_env_argument(
         m,
         "--device",
@@ -315,7 +384,32 @@ def add_service_arguments(parser: argparse.ArgumentParser) -> None:
         default="50ms",
         help="longest a closed bucket waits for its batch to fill",
     )
-    p = parser.add_argument_group("metrics")
+    f = parser.add_argument_group("backpressure")
+    add_env_argument(
+        f,
+        "--turn-budget",
+        "TURN_BUDGET",
+        type=parse_duration_ms,
+        default="5s",
+        help="forecasting one loop turn may do before polling again; the rest waits with input paused",
+    )
+    add_env_argument(
+        f,
+        "--max-pending",
+        "MAX_PENDING",
+        type=positive_int,
+        default=FlowConfig.max_pending_rows,
+        help="pending forecast rows above which input partitions are paused",
+    )
+    add_env_argument(
+        f,
+        "--max-poll-interval",
+        "MAX_POLL_INTERVAL",
+        type=parse_duration_ms,
+        default="5m",
+        help="longest gap between polls before the group evicts this member (at least 4x --turn-budget)",
+    )
+    p = parser.add_argument_group("metrics and health")
     add_env_argument(p, "--metrics-host", "METRICS_HOST", default="127.0.0.1", help="metrics bind address")
     add_env_argument(
         p,
@@ -323,7 +417,15 @@ def add_service_arguments(parser: argparse.ArgumentParser) -> None:
         "METRICS_PORT",
         type=port_number,
         default=9464,
-        help="Prometheus port (0 disables)",
+        help="port of /metrics, /healthz and /readyz (0 disables)",
+    )
+    add_env_argument(
+        p,
+        "--liveness-stall",
+        "LIVENESS_STALL",
+        type=parse_duration_ms,
+        default="2m",
+        help="/healthz fails when the consumer loop has not turned for this long",
     )
 
 
@@ -344,7 +446,15 @@ def service_config_from_args(args: argparse.Namespace) -> ServiceConfig:
     )
     model = ModelServeConfig(path=args.model, device=args.device, bucket=args.bucket)
     batcher = BatcherConfig(max_batch=args.max_batch, max_delay_ms=float(args.max_delay))
-    metrics = MetricsConfig(host=args.metrics_host, port=args.metrics_port)
+    metrics = MetricsConfig(
+        host=args.metrics_host, port=args.metrics_port, stall_after_s=args.liveness_stall / 1000.0
+    )
+    reload = ReloadConfig(watch=args.model_watch, interval_s=args.model_watch_interval / 1000.0)
+    flow = FlowConfig(
+        turn_budget_ms=args.turn_budget,
+        max_pending_rows=args.max_pending,
+        max_poll_interval_ms=args.max_poll_interval,
+    )
     durability = DurabilityConfig(
         changelog=args.changelog,
         checkpoint_interval_ms=args.checkpoint_interval,
@@ -356,6 +466,8 @@ def service_config_from_args(args: argparse.Namespace) -> ServiceConfig:
         batcher,
         metrics,
         durability,
+        reload,
+        flow,
         allowed_lateness_ms=args.allowed_lateness,
         evict_after_buckets=args.evict_after,
     )

@@ -223,8 +223,8 @@ def _run(args: argparse.Namespace, bootstrap: str, daily: Path, events: Path) ->
 
     from stream.batcher import BatcherConfig
     from stream.config import KafkaConfig, MetricsConfig, ModelServeConfig, ServiceConfig
+    from stream.health import Health, serve_http
     from stream.inference import Predictor
-    from stream.metrics import serve_metrics
     from stream.service import ForecastService
     from stream.topics import ensure_topics, service_topics
 
@@ -254,10 +254,13 @@ def _run(args: argparse.Namespace, bootstrap: str, daily: Path, events: Path) ->
     plot_items = _pick_plot_items(daily, args.plot_items)
     observer = DemoObserver(cut, set(plot_items), quantiles)
     registry = CollectorRegistry()
-    service = ForecastService(cfg, predictor, registry, observer=observer)
+    health = Health()
     if args.metrics_port:
-        serve_metrics(registry, "127.0.0.1", args.metrics_port)
-        print(f"metrics: http://127.0.0.1:{args.metrics_port}/metrics", flush=True)
+        serve_http(registry, health, "127.0.0.1", args.metrics_port)
+        print(
+            f"metrics: http://127.0.0.1:{args.metrics_port}/metrics (health: /healthz, /readyz)", flush=True
+        )
+    service = ForecastService(cfg, predictor, registry, observer=observer, health=health)
 
     replay = subprocess.Popen(
         [

@@ -6,7 +6,7 @@ from collections import deque
 from dataclasses import dataclass
 
 import numpy as np
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, start_http_server
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
 
 from state.ledger import RealisedScore
 
@@ -105,6 +105,32 @@ class ServiceMetrics:
             "mqcast_commits", "Offset commits after forecasts were acknowledged.", registry=registry
         )
         self.model = Info("mqcast_model", "The model being served.", registry=registry)
+        self.model_reloads = Counter(
+            "mqcast_model_reloads",
+            "Attempts to swap in a new model artefact, by result (loaded / refused).",
+            ["result"],
+            registry=registry,
+        )
+        self.ready = Gauge(
+            "mqcast_ready",
+            "1 once the model is loaded and the owned partitions' state is restored, else 0.",
+            registry=registry,
+        )
+        self.partitions_paused = Gauge(
+            "mqcast_partitions_paused",
+            "Input partitions paused because forecasts or publishing fell behind.",
+            registry=registry,
+        )
+        self.backpressure_pauses = Counter(
+            "mqcast_backpressure_pauses",
+            "Times the consumer paused its partitions because the pipeline fell behind.",
+            registry=registry,
+        )
+        self.last_forecast_timestamp = Gauge(
+            "mqcast_last_forecast_timestamp_seconds",
+            "Unix time of the last forecast acknowledged by the broker.",
+            registry=registry,
+        )
         self._window: deque[_Window] = deque(maxlen=window)
 
     def observe_score(self, score: RealisedScore) -> None:
@@ -129,8 +155,3 @@ class ServiceMetrics:
         if not self._window or abs_y <= 0:
             return None
         return float(2.0 * np.sum([w.pinball for w in self._window], axis=0).mean() / abs_y)
-
-
-def serve_metrics(registry: CollectorRegistry, host: str, port: int) -> None:
-    """Expose ``registry`` on ``http://host:port/metrics`` from a daemon thread."""
-    start_http_server(port, addr=host, registry=registry)

@@ -29,15 +29,17 @@ from state.config import StateConfig
 from state.feedback import feedback_feature_names
 from state.partition import ClosedBucket, PartitionState
 from state.snapshot import restore, snapshot
-from stream.batcher import MicroBatcher, chunks
+from stream.batcher import ForecastRequest, MicroBatcher, chunks
 from stream.changelog import Changelog, changelog_topic
 from stream.config import ServiceConfig
 from stream.decode import TimestampCache, decode_events
 from stream.errors import ModelMismatchError, OffsetOrderError
+from stream.health import Health
 from stream.inference import Predictor
 from stream.inputs import StaticTable, concat_inputs, inputs_for
 from stream.metrics import ServiceMetrics
 from stream.publish import ForecastFormat, Publisher, encode_forecasts
+from stream.reload import ModelWatcher
 from stream.topics import TopicSpec, ensure_topics
 
 log = logging.getLogger("mqcast.service")
@@ -154,8 +156,11 @@ class ForecastService:
         registry: CollectorRegistry | None = None,
         clock: Callable[[], float] = time.monotonic,
         observer: ServiceObserver | None = None,
+        health: Health | None = None,
     ) -> None:
         check_model_fits(predictor.meta, cfg)
+        self.health = health or Health(stall_after_s=cfg.metrics.stall_after_s)
+        self.health.set_ready(False, "starting: the consumer has not joined its group yet")
         self.observer = observer or ServiceObserver()
         meta = predictor.meta
         self.cfg = cfg
@@ -176,9 +181,19 @@ class ForecastService:
         )
         self.registry = registry if registry is not None else CollectorRegistry()
         self.metrics = ServiceMetrics(self.registry, quantiles)
-        self.metrics.model.info(
-            {"version": predictor.version, "device": str(predictor.device), "freq": meta["freq"]}
-        )
+        self._show_model(predictor)
+        self.metrics.ready.set(0)
+        self.watcher: ModelWatcher | None = None
+        if cfg.reload.watch:
+            self.watcher = ModelWatcher(
+                cfg.model.path,
+                cfg.model.device,
+                predictor.meta,
+                lambda m: check_model_fits(m, cfg),
+                cfg.reload,
+                on_refused=lambda path, reason: self.metrics.model_reloads.labels(result="refused").inc(),
+            )
+        self._paused = False
         self.batcher = MicroBatcher(cfg.batcher, clock)
         self.states: dict[int, PartitionState] = {}
         self.positions: dict[TopicPartition, int] = {}
@@ -206,6 +221,7 @@ class ForecastService:
             max_poll_records=k.max_poll_records,
             partition_assignment_strategy=(assignor,),
             session_timeout_ms=k.session_timeout_ms,
+            max_poll_interval_ms=cfg.flow.max_poll_interval_ms,
             heartbeat_interval_ms=max(500, k.session_timeout_ms // 3),
             # Exactly-once reads only committed input (and restores only committed snapshots).
             isolation_level="read_committed" if self.exactly_once else "read_uncommitted",
@@ -231,6 +247,8 @@ class ForecastService:
             ensure_topics(k.bootstrap, [TopicSpec(topic, len(partitions), _CHANGELOG_CONFIG)])
             self.changelog = Changelog(producer, k.bootstrap, topic, read_committed=self.exactly_once)
         self.consumer.subscribe([k.sales_topic], listener=_Rebalance(self))
+        if self.watcher is not None:
+            self.watcher.start()
 
     # -- the loop --------------------------------------------------------------------------------
 
@@ -247,17 +265,40 @@ class ForecastService:
                 self._process(tp, recs)
                 n += len(recs)
         if self.batcher.due():
-            self.run_batches()
+            self.run_batches(budget_s=self.cfg.flow.turn_budget_ms / 1000.0)
+        self._apply_backpressure()
         if (self.clock() - self._last_commit) * 1000.0 >= self.cfg.kafka.commit_interval_ms:
-            self.commit()
+            self.commit(drain=False)
+        self.health.beat()
         return n
+
+    def _apply_backpressure(self) -> None:
+        """Pause input while forecasts wait beyond what one turn may do; resume once they are done.
+
+        Paused partitions keep their place and their fetched records; polling goes on, so the member
+        stays in its group however long the backlog takes.
+        """
+        backlog = self.batcher.pending_rows
+        behind = backlog > 0 and (self.batcher.due() or backlog >= self.cfg.flow.max_pending_rows)
+        if behind and not self._paused:
+            assigned = list(self.consumer.assignment())
+            if assigned:
+                self.consumer.pause(*assigned)
+                self._paused = True
+                self.metrics.backpressure_pauses.inc()
+                log.info("pausing input: %d forecast rows wait beyond this turn's budget", backlog)
+        elif self._paused and backlog == 0:
+            self.consumer.resume(*self.consumer.paused())
+            self._paused = False
+        self.metrics.partitions_paused.set(len(self.consumer.paused()) if self._paused else 0)
 
     def run(self, stop: threading.Event, idle_timeout_s: float | None = None) -> ServiceStats:
         """Serve until ``stop`` is set (or nothing arrives for ``idle_timeout_s``), then shut down cleanly."""
         idle_since = self.clock()
         try:
             while not stop.is_set():
-                if self.poll_once():
+                # A backlog being worked off with input paused is not idleness.
+                if self.poll_once() or self.batcher.pending_rows:
                     idle_since = self.clock()
                 elif idle_timeout_s is not None and self.clock() - idle_since >= idle_timeout_s:
                     break
@@ -325,9 +366,43 @@ class ForecastService:
                 self.batcher.add(partition, closed, publish=publish)
         self.metrics.items_tracked.set(sum(s.n_items for s in self.states.values()))
 
-    def run_batches(self) -> int:
-        """Forecast every queued request, record them in the ledgers, publish and wait for acks."""
-        requests = self.batcher.take()
+    def run_batches(self, budget_s: float | None = None) -> int:
+        """Forecast queued requests, record them in the ledgers, publish and wait for acks.
+
+        Without a budget every request runs. With one, requests run in slices of rows until the
+        budget is spent; the rest stays queued, oldest first (see :meth:`_apply_backpressure`).
+        A new model, if one is waiting, is swapped in first: a batch never mixes two models.
+        """
+        self._swap_model()
+        if budget_s is None:
+            return self._forecast(self.batcher.take())
+        deadline = self.clock() + budget_s
+        # Each slice waits for its acknowledgements, so slices are several model calls long.
+        slice_rows = 8 * self.cfg.batcher.max_batch
+        done = 0
+        while self.batcher.pending_rows and (done == 0 or self.clock() < deadline):
+            done += self._forecast(self.batcher.take(max_rows=slice_rows))
+        return done
+
+    def _swap_model(self) -> None:
+        new = self.watcher.take() if self.watcher is not None else None
+        if new is None:
+            return
+        old = self.predictor.version
+        self.predictor = new
+        self.format = ForecastFormat(
+            self.state_cfg.freq, new.version, self.state_cfg.quantiles, self.state_cfg.horizons
+        )
+        self._show_model(new)
+        self.metrics.model_reloads.labels(result="loaded").inc()
+        log.info("model %s replaced by %s between batches", old, new.version)
+
+    def _show_model(self, predictor: Predictor) -> None:
+        self.metrics.model.info(
+            {"version": predictor.version, "device": str(predictor.device), "freq": self.state_cfg.freq}
+        )
+
+    def _forecast(self, requests: list[ForecastRequest]) -> int:
         if not requests:
             return 0
         horizons = self.state_cfg.horizons
@@ -360,19 +435,26 @@ class ForecastService:
             self.metrics.end_to_end_seconds.observe(lat)
         self.observer.on_published(latencies, published)
         self.metrics.forecasts_published.inc(published)
+        if published:
+            self.metrics.last_forecast_timestamp.set(time.time())
         self.stats.forecasts += published
         self.stats.suppressed_forecasts += batch.rows - published
         return batch.rows
 
-    def commit(self, checkpoint: bool = False) -> None:
+    def commit(self, checkpoint: bool = False, drain: bool = True) -> None:
         """Commit what has been fully handled, in order:
 
-        1. forecast every queued request (their forecasts are part of what the offsets cover);
+        1. forecast every queued request (their forecasts are part of what the offsets cover); with
+           ``drain=False`` (the loop's periodic commit while a backlog waits) partitions that still
+           have queued requests are left out of steps 2 and 4 until their forecasts are out;
         2. when due (or asked), write a state snapshot of every changed partition to the changelog;
         3. wait until the broker acknowledged every forecast, dead letter and snapshot;
         4. commit the input offsets, which may only move forward.
         """
-        self.run_batches()
+        # A transaction commits all output at once, so it may only close with nothing half done.
+        if drain or self.exactly_once:
+            self.run_batches()
+        held = {r.partition for r in self.batcher.pending()}
         interval = self.cfg.durability.checkpoint_interval_ms
         # Exactly-once commits a snapshot with every offset commit: a restore then starts exactly
         # where the committed output ends, with nothing to replay.
@@ -380,10 +462,12 @@ class ForecastService:
         if self.changelog is not None and (
             checkpoint or (self.clock() - self._last_checkpoint) * 1000.0 >= interval
         ):
-            self._checkpoint()
+            self._checkpoint(held)
         self.publisher.flush()
         offsets = {}
         for tp, pos in self.positions.items():
+            if tp.partition in held:
+                continue
             last = self.committed.get(tp)
             if last is not None and pos <= last:
                 continue  # replaying after a restore: the group is already past this point
@@ -416,14 +500,16 @@ class ForecastService:
                     f"{tp.topic}[{tp.partition}]: commit {o.offset} is behind committed {last}"
                 )
 
-    def _checkpoint(self) -> None:
+    def _checkpoint(self, held: set[int] = frozenset()) -> None:
         assert self.changelog is not None
         for tp, pos in self.positions.items():
-            if tp.partition in self._dirty and tp.partition in self.states:
+            # A partition with forecasts still queued has closed buckets whose forecasts are not in
+            # its ledger yet; its snapshot waits until they are.
+            if tp.partition in self._dirty and tp.partition in self.states and tp.partition not in held:
                 _, futures = self.changelog.write(tp.partition, snapshot(self.states[tp.partition], pos), pos)
                 self.publisher.track(futures)
                 self.stats.checkpoints += 1
-        self._dirty.clear()
+                self._dirty.discard(tp.partition)
         self._last_checkpoint = self.clock()
 
     def _update_lag(self) -> None:
@@ -473,6 +559,21 @@ class ForecastService:
 
     def on_assigned(self, assigned: list[TopicPartition]) -> None:
         """Take partitions over: restore their state and seek to the offset that state includes."""
+        self.health.set_ready(False, f"restoring the state of {len(assigned)} partition(s)")
+        self.metrics.ready.set(0)
+        try:
+            self._restore(assigned)
+        except Exception as exc:
+            self.health.set_ready(False, f"restore failed: {exc}")
+            raise
+        if self._paused:
+            # A rebalance resumes nothing by itself, and newly assigned partitions are not paused.
+            self._paused = False
+            self._apply_backpressure()
+        self.health.set_ready(True)
+        self.metrics.ready.set(1)
+
+    def _restore(self, assigned: list[TopicPartition]) -> None:
         for tp in assigned:
             if tp.partition in self.states:
                 continue  # kept across a cooperative rebalance
@@ -515,6 +616,10 @@ class ForecastService:
 
     def close(self) -> None:
         """Finish the batch in hand, publish, snapshot, commit, and leave the group."""
+        if self.watcher is not None:
+            self.watcher.stop()
+        self.health.set_ready(False, "shutting down")
+        self.metrics.ready.set(0)
         try:
             if self.positions:
                 self.commit(checkpoint=True)

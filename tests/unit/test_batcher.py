@@ -64,3 +64,20 @@ def test_take_empties_and_tracks_partitions():
 def test_chunks_cover_rows_within_the_size_bound():
     assert chunks(10, 4) == [(0, 4), (4, 8), (8, 10)]
     assert chunks(0, 4) == []
+
+
+def test_take_with_a_row_limit_splits_the_last_request_and_keeps_the_rest_first():
+    clock = FakeClock()
+    b = MicroBatcher(BatcherConfig(max_batch=100, max_delay_ms=10), clock)
+    b.add(0, _closed(30, bucket=5))
+    clock.now += 1.0
+    b.add(1, _closed(50, bucket=7))
+    first = b.take(max_rows=40)
+    assert [(r.partition, r.rows) for r in first] == [(0, 30), (1, 10)]
+    assert b.pending_rows == 40 and b.has_pending(1) and not b.has_pending(0)
+    rest = b.take(max_rows=1000)
+    assert [(r.partition, r.rows) for r in rest] == [(1, 40)]
+    # The two halves cover the request exactly, in order, and keep its times.
+    assert list(first[1].closed.item_ids) + list(rest[0].closed.item_ids) == [f"i{i}" for i in range(50)]
+    assert rest[0].closed.bucket == 7 and rest[0].enqueued_at == first[1].enqueued_at == 101.0
+    assert b.pending_rows == 0 and b.take(max_rows=5) == []

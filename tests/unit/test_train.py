@@ -79,6 +79,10 @@ def test_tensors_line_up_targets_masks_and_calendar(history):
     late = int(np.argmax(tt.first))
     assert tt.first[late] > 0 and tt.mask[late, : tt.first[late]].sum() == 0
     assert tt.past_cov[0, :, -1].min() >= 0  # log price, 0 before the first known price
+    np.testing.assert_array_equal(tt.static[:3, 0] > 0, True)
+    assert tt.static[0, 0] == tt.static[3, 0] != tt.static[1, 0]  # stores s0, s0, s1
+    with pytest.raises(ValueError, match="static columns"):
+        build_tensors(history, dataclasses.replace(ARGS, n_static=2))
 
 
 def test_trained_model_beats_constant_quantiles(history, trained):
@@ -175,6 +179,13 @@ def test_training_resumes_from_a_given_network(history, trained):
     _, fresh = train(history, ARGS, cfg, progress=False)
     _, resumed = train(history, ARGS, cfg, progress=False, model=copy.deepcopy(trained[0]))
     assert resumed["val_wql"] < fresh["val_wql"]
+
+
+def test_time_budget_stops_training_mid_epoch(history):
+    cfg = dataclasses.replace(CFG, epochs=50, batch_size=4, max_minutes=1e-5)
+    _, report = train(history, ARGS, cfg, progress=False)
+    assert report["epochs_run"] == 1 and report["log"][0]["items_seen"] < history.n_items
+    assert np.isfinite(report["val_wql"])
 
 
 def test_config_is_checked():
