@@ -101,6 +101,12 @@ class ServiceMetrics:
             "Share of realised actuals inside the outer forecast interval over recent buckets.",
             registry=registry,
         )
+        self.nominal_coverage = Gauge(
+            "mqcast_interval_nominal_coverage",
+            "Share of actuals the outer forecast interval should hold (highest minus lowest quantile).",
+            registry=registry,
+        )
+        self.nominal_coverage.set(quantiles[-1] - quantiles[0])
         self.commits = Counter(
             "mqcast_commits", "Offset commits after forecasts were acknowledged.", registry=registry
         )

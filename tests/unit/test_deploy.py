@@ -276,7 +276,9 @@ def test_dashboard_structure():
     ):
         assert title in titles
     coverage = next(p for p in panels if p["title"] == "Interval coverage")
-    assert any(t["expr"] == "vector(0.8)" for t in coverage["targets"]), "coverage needs its nominal line"
+    assert any("mqcast_interval_nominal_coverage" in t["expr"] for t in coverage["targets"]), (
+        "coverage needs its nominal line"
+    )
     latency = next(p for p in panels if p["title"] == "Inference latency")
     assert {"p50", "p99"} <= {t["legendFormat"] for t in latency["targets"]}
 
