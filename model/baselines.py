@@ -661,7 +661,12 @@ class QuantileForest:
                 break
         self.forest = forest
         # Meinshausen weighs every training row, not only each tree's bootstrap sample.
-        self._edges = np.unique(np.quantile(y, np.linspace(0.0, 1.0, self.n_bins + 1)))
+        # Equal-count bins, plus bins that narrow geometrically towards both extremes: demand is
+        # heavy-tailed, and a quantile that falls in a wide outer bin would be interpolated towards
+        # the single largest (or smallest) training target.
+        tail = np.geomspace(1.0 / y.size, 1.0 / self.n_bins, 16)
+        levels = np.concatenate([np.linspace(0.0, 1.0, self.n_bins + 1), tail, 1.0 - tail])
+        self._edges = np.unique(np.quantile(y, np.clip(levels, 0.0, 1.0)))
         self._train_bins = np.searchsorted(self._edges, y, side="left").astype(np.int64)
         self._train_leaves = forest.apply(x).astype(np.int64)  # [R, trees]
         self.info = {
