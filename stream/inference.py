@@ -8,7 +8,7 @@ import numpy as np
 import torch
 
 from model.export import load_model
-from stream.inputs import ModelInputs
+from stream.inputs import ModelInputs, probe_inputs
 
 
 def pick_device(choice: str) -> torch.device:
@@ -60,6 +60,13 @@ class Predictor:
         staged = buf[: src.shape[0]]
         staged.copy_(src)
         return staged.to(self.device, non_blocking=True)
+
+    def warm_up(self, rows: int, calls: int = 2) -> None:
+        """Run synthetic batches through the model, so the first real batch does not pay for the
+        TorchScript executor's first-call optimisation, the device's kernels or the pinned buffers."""
+        probe = probe_inputs(self.meta, rows)
+        for _ in range(calls):
+            self.predict(probe)
 
     def predict(self, inputs: ModelInputs) -> np.ndarray:
         """Quantile forecasts float32 [B, H, Q] for one batch."""

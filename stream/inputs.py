@@ -81,3 +81,21 @@ def concat_inputs(parts: list[ModelInputs]) -> ModelInputs:
     if len(parts) == 1:
         return parts[0]
     return ModelInputs(*(np.concatenate([getattr(p, f) for p in parts]) for f in _FIELDS))
+
+
+def probe_inputs(meta: dict, rows: int = 4) -> ModelInputs:
+    """A small synthetic batch shaped as ``meta`` describes (for a test forward of a new artefact)."""
+    length, horizons = int(meta["context_length"]), int(meta["horizons"])
+    features = meta.get("features", {})
+    past, future = len(features.get("past", [])), len(features.get("future", []))
+    n_feedback, n_static = len(features.get("feedback", [])), len(meta.get("static_columns", []))
+    rng = np.random.default_rng(0)
+    target = rng.poisson(3.0, size=(rows, length)).astype(np.float32)
+    return ModelInputs(
+        target=target,
+        observed=np.ones((rows, length), dtype=np.float32),
+        past_cov=np.zeros((rows, length, past), dtype=np.float32),
+        future_cov=np.zeros((rows, horizons, future), dtype=np.float32),
+        static=np.zeros((rows, n_static), dtype=np.int64),
+        feedback=np.zeros((rows, n_feedback), dtype=np.float32),
+    )

@@ -31,7 +31,7 @@ from model.errors import ModelError
 from stream.config import ReloadConfig
 from stream.errors import ModelMismatchError
 from stream.inference import Predictor
-from stream.inputs import ModelInputs
+from stream.inputs import probe_inputs
 
 log = logging.getLogger("mqcast.reload")
 
@@ -48,24 +48,6 @@ def resolve_model_path(path: Path) -> Path:
     if not candidates:
         raise ModelMismatchError(f"{path}: directory holds no *.pt model artefact")
     return max(candidates, key=lambda p: (p.stat().st_mtime_ns, p.name))
-
-
-def probe_inputs(meta: dict, rows: int = 4) -> ModelInputs:
-    """A small synthetic batch shaped as ``meta`` describes (for a test forward of a new artefact)."""
-    length, horizons = int(meta["context_length"]), int(meta["horizons"])
-    features = meta.get("features", {})
-    past, future = len(features.get("past", [])), len(features.get("future", []))
-    n_feedback, n_static = len(features.get("feedback", [])), len(meta.get("static_columns", []))
-    rng = np.random.default_rng(0)
-    target = rng.poisson(3.0, size=(rows, length)).astype(np.float32)
-    return ModelInputs(
-        target=target,
-        observed=np.ones((rows, length), dtype=np.float32),
-        past_cov=np.zeros((rows, length, past), dtype=np.float32),
-        future_cov=np.zeros((rows, horizons, future), dtype=np.float32),
-        static=np.zeros((rows, n_static), dtype=np.int64),
-        feedback=np.zeros((rows, n_feedback), dtype=np.float32),
-    )
 
 
 def validate_candidate(candidate: Predictor, current_meta: dict, check_fits: Callable[[dict], None]) -> None:
@@ -156,6 +138,7 @@ class ModelWatcher:
         try:
             candidate = Predictor.load(target, self.device)
             validate_candidate(candidate, self.current_meta, self.check_fits)
+            candidate.warm_up(64)  # here, not in the first batch after the swap
         except (ModelError, ModelMismatchError, RuntimeError, ValueError) as exc:
             log.error("refusing new model %s: %s; the serving model keeps running", target, exc)
             self.on_refused(target, str(exc))

@@ -21,6 +21,7 @@ from kafka import KafkaConsumer, KafkaProducer
 from kafka.consumer.subscription_state import AsyncConsumerRebalanceListener
 from kafka.coordinator.assignors.cooperative_sticky import CooperativeStickyAssignor
 from kafka.coordinator.assignors.range import RangePartitionAssignor
+from kafka.errors import KafkaTimeoutError
 from kafka.future import Future
 from kafka.structs import OffsetAndMetadata, TopicPartition
 from prometheus_client import CollectorRegistry
@@ -33,7 +34,7 @@ from stream.batcher import ForecastRequest, MicroBatcher, chunks
 from stream.changelog import Changelog, changelog_topic
 from stream.config import ServiceConfig
 from stream.decode import TimestampCache, decode_events
-from stream.errors import ModelMismatchError, OffsetOrderError
+from stream.errors import ModelMismatchError, MqcastError, OffsetOrderError
 from stream.health import Health
 from stream.inference import Predictor
 from stream.inputs import StaticTable, concat_inputs, inputs_for
@@ -237,6 +238,19 @@ class ForecastService:
             compression_type=None,
         )
         self.publisher = Publisher(producer, k.forecast_topic, k.dead_letter_topic)
+        # Pay the one-time costs now rather than in the first forecasts' latency: the output topics'
+        # metadata (a first send waits for it) and the model's first calls.
+        for topic in (k.forecast_topic, k.dead_letter_topic):
+            try:
+                producer.partitions_for(topic)
+            except KafkaTimeoutError as exc:
+                producer.close(timeout=0)
+                self.consumer.close(autocommit=False)
+                raise MqcastError(
+                    f"output topic {topic!r} has no metadata on {k.bootstrap}: does it exist? "
+                    "(`mqcast topics` creates the service's topics)"
+                ) from exc
+        predictor.warm_up(min(cfg.batcher.max_batch, 1024))
         if self.exactly_once:
             producer.init_transactions()
             producer.begin_transaction()
