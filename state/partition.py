@@ -13,6 +13,7 @@ bucket's forecasts before it closes the next.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from itertools import repeat
 
 import numpy as np
 
@@ -102,22 +103,25 @@ class PartitionState:
         return int(self.first_bucket.shape[0])
 
     def rows_for(self, item_ids: np.ndarray) -> np.ndarray:
-        """Row of each item id, creating rows for new items (int64 [n])."""
-        uniq, inverse = np.unique(item_ids, return_inverse=True)
-        rows = np.empty(uniq.size, dtype=np.int64)
-        new: list[str] = []
-        start = self.n_items
-        for i, item in enumerate(uniq.tolist()):
-            row = self.index.get(item)
-            if row is None:
-                row = start + len(new)
-                new.append(item)
-                self.index[item] = row
-            rows[i] = row
-        if new:
+        """Row of each item id, creating rows for new items in order of first appearance (int64 [n])."""
+        ids = item_ids.tolist() if isinstance(item_ids, np.ndarray) else list(item_ids)
+        # One C-level dict lookup per event; only items never seen before take the Python path.
+        rows = np.fromiter(map(self.index.get, ids, repeat(-1)), dtype=np.int64, count=len(ids))
+        missing = np.flatnonzero(rows < 0)
+        if missing.size:
+            start = self.n_items
+            new: list[str] = []
+            for pos in missing.tolist():
+                item = ids[pos]
+                row = self.index.get(item)
+                if row is None:
+                    row = start + len(new)
+                    new.append(item)
+                    self.index[item] = row
+                rows[pos] = row
             self._ensure_capacity(start + len(new))
             self.ids[start : start + len(new)] = new
-        return rows[inverse]
+        return rows
 
     def reserve(self, n: int) -> None:
         """Make room for ``n`` item rows up front (restores and benchmarks know their size)."""
