@@ -62,6 +62,7 @@ def _stop_on_signals() -> threading.Event:
 def cmd_serve(args: argparse.Namespace) -> int:
     from prometheus_client import CollectorRegistry
 
+    from model.errors import ModelError
     from stream.config import service_config_from_args
     from stream.health import Health, serve_http
     from stream.inference import Predictor
@@ -74,7 +75,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
         cfg = service_config_from_args(args)
     except ValueError as exc:
         raise MqcastError(str(exc)) from exc
-    predictor = Predictor.load(resolve_model_path(cfg.model.path), cfg.model.device)
+    try:
+        predictor = Predictor.load(resolve_model_path(cfg.model.path), cfg.model.device)
+    except (ModelError, RuntimeError) as exc:  # a missing or foreign artefact; cuda asked for, absent
+        raise MqcastError(str(exc)) from exc
     registry = CollectorRegistry()
     health = Health(stall_after_s=cfg.metrics.stall_after_s)
     # Probes answer (not ready) while the service connects and restores, so start the endpoint first.

@@ -60,3 +60,15 @@ def test_durations():
         and parse_duration_ms("2") == 2000
         and parse_duration_ms("1d") == 86_400_000
     )
+
+
+def test_serve_with_a_missing_or_empty_model_path_is_a_clear_error(tmp_path, capsys):
+    assert main(["serve", "--model", str(tmp_path / "nope.pt")]) == 2
+    assert "nope.pt: no such model artefact" in capsys.readouterr().err
+    assert main(["serve", "--model", str(tmp_path)]) == 2
+    assert "holds no *.pt model artefact" in capsys.readouterr().err
+
+
+def test_turn_budget_must_leave_room_in_the_poll_interval(capsys):
+    assert main(["serve", "--model", "m.pt", "--turn-budget", "2m", "--max-poll-interval", "5m"]) == 2
+    assert "at most a quarter of max_poll_interval_ms" in capsys.readouterr().err
