@@ -26,11 +26,9 @@ median between the forecast of a bucket from ``t`` (horizon ``h+1``) and from ``
 
 from __future__ import annotations
 
-import argparse
 import csv
 import json
 import math
-import sys
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -41,7 +39,6 @@ import numpy as np
 from model.baselines import (
     CONTEXT,
     HORIZONS,
-    RUNGS,
     FeedbackReplay,
     Forecaster,
     ForecastSpec,
@@ -49,13 +46,11 @@ from model.baselines import (
     make_forecaster,
 )
 from model.errors import ModelError
-from model.history import History, read_history
+from model.history import History
 from model.metrics import coverage, volatility, weighted_quantile_loss
 
 #: Spacing of evaluation origins by bucket unit.
 SPACING = {"h": 24, "D": 14, "W": 4, "M": 3}
-#: The ladder, lowest rung first (the default of ``--rungs``).
-LADDER = tuple(RUNGS)
 
 
 class LeakageError(ModelError, AssertionError):
@@ -515,128 +510,3 @@ def _fan_items(result: BacktestResult, n: int) -> np.ndarray:
         return ranked
     picks = np.unique(np.round(np.array([0.0, 0.1, 0.5, 0.8, 0.95])[:n] * (ranked.size - 1)).astype(int))
     return ranked[picks]
-
-
-# --------------------------------------------------------------------------------------------------
-# Command line (wired into ``mqcast backtest`` by stream/cli.py)
-
-
-def _quantile_list(text: str) -> tuple[float, ...]:
-    try:
-        q = tuple(float(x) for x in text.split(",") if x.strip())
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(f"quantiles must be numbers, got {text!r}") from exc
-    if not q or list(q) != sorted(set(q)) or not all(0 < x < 1 for x in q):
-        raise argparse.ArgumentTypeError("quantiles must be increasing, distinct and inside (0, 1)")
-    return q
-
-
-def _positive_int(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from exc
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {v}")
-    return v
-
-
-def _positive_float(text: str) -> float:
-    try:
-        v = float(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from exc
-    if not v > 0:
-        raise argparse.ArgumentTypeError(f"expected a number > 0, got {v}")
-    return v
-
-
-def add_backtest_arguments(parser: argparse.ArgumentParser) -> None:
-    """The options of ``mqcast backtest``."""
-    parser.add_argument("--data", type=Path, required=True, help="history file (item_id,date,qty[,...])")
-    parser.add_argument("--out-dir", type=Path, default=Path("backtest"), help="where tables and plots go")
-    parser.add_argument(
-        "--rungs",
-        default=",".join(LADDER),
-        help=f"comma-separated rungs to compare, from: {', '.join(LADDER)} (default: all)",
-    )
-    parser.add_argument("--origins", type=_positive_int, default=8, help="evaluation origins (default 8)")
-    parser.add_argument(
-        "--spacing",
-        type=_positive_int,
-        default=None,
-        help="buckets between origins (default: D 14, W 4, M 3, h 24)",
-    )
-    parser.add_argument(
-        "--horizons",
-        type=_positive_int,
-        default=None,
-        help="buckets forecast (default: D 14, W 8, M 6, h 24)",
-    )
-    parser.add_argument(
-        "--max-minutes-per-rung", type=_positive_float, default=3.0, help="fit budget of each trained rung"
-    )
-    parser.add_argument(
-        "--bucket",
-        choices=("auto", "h", "D", "W", "M"),
-        default="auto",
-        help="bucket unit (default: inferred)",
-    )
-    parser.add_argument("--quantiles", type=_quantile_list, default=(0.1, 0.5, 0.9), help="e.g. 0.1,0.5,0.9")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--threads", type=_positive_int, default=1, help="torch CPU threads (default 1)")
-    parser.add_argument(
-        "--leak-check",
-        choices=("first", "all", "none"),
-        default="first",
-        help="origins re-forecast from a truncated history to prove no look-ahead (default: first)",
-    )
-    parser.add_argument("--no-plots", action="store_true", help="tables only")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
-
-
-def run_backtest_command(args: argparse.Namespace, feedback_replay: FeedbackReplay | None = None) -> int:
-    """``mqcast backtest``: returns the exit status (2 on bad arguments or data).
-
-    ``feedback_replay`` is ``state.feedback.replay_feedback``; the ``mqcnn-feedback`` rung needs it.
-    """
-    names = [n.strip() for n in str(args.rungs).split(",") if n.strip()]
-    unknown = [n for n in names if n not in RUNGS]
-    if unknown or not names:
-        print(
-            f"mqcast backtest: unknown rung(s) {', '.join(unknown) or '(none given)'}; "
-            f"choose from {', '.join(RUNGS)}",
-            file=sys.stderr,
-        )
-        return 2
-    try:
-        history = read_history(args.data, None if args.bucket == "auto" else args.bucket)
-        cfg = BacktestConfig(
-            quantiles=tuple(args.quantiles),
-            horizons=args.horizons,
-            n_origins=args.origins,
-            spacing=args.spacing,
-            seed=args.seed,
-            max_seconds_per_rung=60.0 * args.max_minutes_per_rung,
-            leak_check=args.leak_check,
-            threads=args.threads,
-        )
-        forecasters = build_forecasters(names, history, cfg, feedback_replay)
-        plan = make_plan(history, cfg)
-    except (ValueError, ModelError) as exc:
-        print(f"mqcast backtest: {exc}", file=sys.stderr)
-        return 2
-    progress = not args.no_progress
-    print(
-        f"backtest {args.data}: {history.n_items} items x {history.n_buckets} {history.freq}-buckets, "
-        f"train on {plan.until}, {plan.origins.size} origins, H={plan.horizons}",
-        file=sys.stderr,
-    )
-    t0 = time.monotonic()
-    result = run_backtest(history, forecasters, cfg, progress=progress, source=str(args.data))
-    paths = result.save(args.out_dir, plots=not args.no_plots)
-    print(result.to_markdown())
-    print(f"\n{result.scored_cells} scored cells; {time.monotonic() - t0:.0f} s", file=sys.stderr)
-    for p in paths:
-        print(f"wrote {p}", file=sys.stderr)
-    return 0

@@ -199,7 +199,7 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
 
 def cmd_backtest(args: argparse.Namespace) -> int:
     """``mqcast backtest``: the ladder table, CSV/Markdown/JSON and plots."""
-    from model.backtest import run_backtest_command
+    from model.backtest_cli import run_backtest_command
     from state.feedback import replay_feedback
 
     return run_backtest_command(args, feedback_replay=replay_feedback)
@@ -255,7 +255,7 @@ def build_parser() -> argparse.ArgumentParser:
         "rolling origins on the same cells: wQL per quantile, outer-interval coverage, volatility, "
         "fit and predict time. Writes backtest.csv/.md/.json and PNG plots to --out-dir.",
     )
-    from model.backtest import add_backtest_arguments
+    from model.backtest_cli import add_backtest_arguments
 
     add_backtest_arguments(p)
     p.set_defaults(func=cmd_backtest)

@@ -27,7 +27,7 @@ from state.buckets import bucket_of
 from state.ledger import RealisedScore
 from state.partition import ClosedBucket
 from stream.config import add_env_argument, port_number, positive_int
-from stream.service import ServiceObserver
+from stream.observer import ServiceObserver
 
 log = logging.getLogger("mqcast.demo")
 

@@ -21,14 +21,14 @@ from kafka import KafkaConsumer, KafkaProducer
 from kafka.consumer.subscription_state import AsyncConsumerRebalanceListener
 from kafka.coordinator.assignors.cooperative_sticky import CooperativeStickyAssignor
 from kafka.coordinator.assignors.range import RangePartitionAssignor
-from kafka.errors import KafkaTimeoutError
+from kafka.errors import CommitFailedError, KafkaConnectionError, KafkaError, KafkaTimeoutError
 from kafka.future import Future
 from kafka.structs import OffsetAndMetadata, TopicPartition
 from prometheus_client import CollectorRegistry
 
 from state.config import StateConfig
 from state.feedback import feedback_feature_names
-from state.partition import ClosedBucket, PartitionState
+from state.partition import PartitionState
 from state.snapshot import restore, snapshot
 from stream.batcher import ForecastRequest, MicroBatcher, chunks
 from stream.changelog import Changelog, changelog_topic
@@ -39,6 +39,7 @@ from stream.health import Health
 from stream.inference import Predictor
 from stream.inputs import StaticTable, concat_inputs, inputs_for
 from stream.metrics import ServiceMetrics
+from stream.observer import ServiceObserver
 from stream.publish import ForecastFormat, Publisher, encode_forecasts
 from stream.reload import ModelWatcher
 from stream.topics import TopicSpec, ensure_topics
@@ -90,17 +91,16 @@ def check_model_fits(meta: dict, cfg: ServiceConfig) -> None:
         raise ModelMismatchError("refusing the model: " + "; ".join(problems))
 
 
-class ServiceObserver:
-    """Hooks for whoever embeds the service (the demo, tests); the defaults do nothing."""
+def _retriable(exc: KafkaError) -> bool:
+    """Whether a failed offset commit may wait for the next one: a lost connection, a timeout, a
+    coordinator moving, or this member dropped from its generation (after a broker restart, say).
 
-    def on_close(self, partition: int, closed: ClosedBucket) -> None:
-        """A bucket closed; ``closed.score`` holds the realised accuracy of older forecasts."""
-
-    def on_forecasts(self, partition: int, closed: ClosedBucket, values: np.ndarray) -> None:
-        """Forecasts [n, H, Q] were made for the items of ``closed`` and handed to the producer."""
-
-    def on_published(self, latencies_s: list[float], rows: int) -> None:
-        """A micro-batch was acknowledged: seconds from each of its buckets closing, and its size."""
+    In the last case the next poll rejoins the group, and the rebalance listener then restores the
+    partitions it gets from their snapshots, so nothing is lost by not committing now.
+    """
+    if isinstance(exc, KafkaConnectionError | KafkaTimeoutError | CommitFailedError):
+        return True
+    return bool(getattr(exc, "retriable", False))
 
 
 def _in_worker(
@@ -499,10 +499,19 @@ class ForecastService:
             self.metrics.commits.inc()
         elif offsets:
             self._check_forward(offsets)
-            self.consumer.commit(offsets)
-            self.committed.update({tp: o.offset for tp, o in offsets.items()})
-            self.stats.commits += 1
-            self.metrics.commits.inc()
+            try:
+                self.consumer.commit(offsets)
+            except KafkaError as exc:
+                if not _retriable(exc):
+                    raise
+                # The broker or coordinator is away for a moment. The output these offsets cover is
+                # acknowledged, and the next commit carries the same (or later) offsets, so waiting
+                # for it loses nothing; dying here would only force a restore.
+                log.warning("offset commit failed (%s); retrying with the next commit", exc)
+            else:
+                self.committed.update({tp: o.offset for tp, o in offsets.items()})
+                self.stats.commits += 1
+                self.metrics.commits.inc()
         self._last_commit = self.clock()
         self._update_lag()
 

@@ -14,13 +14,12 @@ import torch
 from model.backtest import (
     BacktestConfig,
     LeakageError,
-    add_backtest_arguments,
     build_forecasters,
     make_plan,
     run_backtest,
-    run_backtest_command,
 )
-from model.baselines import ForecastSpec
+from model.backtest_cli import LADDER, add_backtest_arguments, run_backtest_command
+from model.baselines import RUNGS, ForecastSpec
 from model.errors import ModelError
 from model.history import History, dates_to_buckets
 
@@ -262,3 +261,7 @@ def test_command_line(tmp_path, capsys):
     assert "arima" in capsys.readouterr().err
     needs_replay = parser.parse_args(["--data", str(data), "--rungs", "mqcnn-feedback", "--no-progress"])
     assert run_backtest_command(needs_replay) == 2
+
+
+def test_the_command_line_names_every_rung_in_ladder_order():
+    assert tuple(RUNGS) == LADDER

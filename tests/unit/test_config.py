@@ -72,3 +72,15 @@ def test_serve_with_a_missing_or_empty_model_path_is_a_clear_error(tmp_path, cap
 def test_turn_budget_must_leave_room_in_the_poll_interval(capsys):
     assert main(["serve", "--model", "m.pt", "--turn-budget", "2m", "--max-poll-interval", "5m"]) == 2
     assert "at most a quarter of max_poll_interval_ms" in capsys.readouterr().err
+
+
+def test_building_the_command_line_loads_neither_torch_nor_kafka():
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; from stream.cli import build_parser; build_parser(); "
+        "print(sorted(m for m in ('torch', 'kafka', 'sklearn', 'matplotlib') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
