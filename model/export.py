@@ -188,7 +188,11 @@ def load_checkpoint(path: Path) -> tuple[MQCNN, ModelArgs, dict]:
     try:
         args = ModelArgs(**ckpt["model_args"])
         model = MQCNN(args)
-        model.load_state_dict(ckpt["state_dict"])
+        state = dict(ckpt["state_dict"])
+        # Checkpoints from before the covariate masks use every covariate.
+        for name in ("past_cov_mask", "future_cov_mask"):
+            state.setdefault(name, getattr(model, name))
+        model.load_state_dict(state)
     except (KeyError, TypeError, ValueError, RuntimeError) as exc:
         raise ArtifactError(
             f"{path}: not an mqcast checkpoint or from an incompatible version ({exc})"
