@@ -47,7 +47,7 @@ from model.baselines import (
 )
 from model.errors import ModelError
 from model.history import History
-from model.metrics import coverage, volatility, weighted_quantile_loss
+from model.metrics import coverage, quantiles_cross, volatility, weighted_quantile_loss
 
 #: Spacing of evaluation origins by bucket unit.
 SPACING = {"h": 24, "D": 14, "W": 4, "M": 3}
@@ -292,9 +292,7 @@ def _validate(name: str, pred: np.ndarray, shape: tuple[int, ...], scored: np.nd
     fin = np.isfinite(pred)
     if np.any(pred[fin] < 0):
         raise ModelError(f"{name}: negative quantiles")
-    with np.errstate(invalid="ignore"):
-        crossing = np.diff(pred, axis=-1) < -1e-5 * (1.0 + np.abs(pred[..., 1:]))
-    if np.any(crossing):
+    if quantiles_cross(pred):
         raise ModelError(f"{name}: quantiles cross")
     return pred
 

@@ -59,3 +59,9 @@ def volatility(forecasts: np.ndarray, y: np.ndarray, median_index: int | None = 
     if not ok.any() or actual.size == 0 or actual.mean() <= 0:
         return float("nan")
     return float(change[ok].mean() / actual.mean())
+
+
+def quantiles_cross(pred: np.ndarray) -> bool:
+    """Whether any forecast's quantiles (last axis) decrease, beyond float32 rounding; NaNs are ignored."""
+    with np.errstate(invalid="ignore"):
+        return bool(np.any(np.diff(pred, axis=-1) < -1e-5 * (1.0 + np.abs(pred[..., 1:]))))

@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from model.errors import ModelError
+from model.metrics import quantiles_cross
 from stream.config import ReloadConfig
 from stream.errors import ModelMismatchError
 from stream.inference import Predictor
@@ -75,7 +76,7 @@ def validate_candidate(candidate: Predictor, current_meta: dict, check_fits: Cal
         raise ModelMismatchError(f"test forward gave shape {out.shape}, expected {expected}")
     if not np.all(np.isfinite(out)):
         raise ModelMismatchError("test forward gave NaN or infinite quantiles")
-    if np.any(np.diff(out, axis=-1) < -1e-5 * (1.0 + np.abs(out[..., 1:]))):
+    if quantiles_cross(out):
         raise ModelMismatchError("test forward gave crossing quantiles")
 
 
