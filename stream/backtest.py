@@ -1,7 +1,7 @@
 """``mqcast backtest``: its options and the command, without importing torch until it runs.
 
-The command line builds every subcommand's parser at start, so this module imports only the standard
-library; the backtest itself (``model.backtest``, ``model.baselines``) loads when the command runs.
+The command line builds every subcommand's parser at start, so this module imports nothing heavy;
+the backtest itself (``model.backtest``, ``model.baselines``, torch) loads when the command runs.
 """
 
 from __future__ import annotations
@@ -13,42 +13,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from model.errors import ModelError
+from stream.config import positive_float, positive_int, quantile_list
 
 if TYPE_CHECKING:
     from model.baselines import FeedbackReplay
 
 #: The ladder, lowest rung first: the keys of ``model.baselines.RUNGS`` (a test keeps them equal).
 LADDER = ("naive", "ets", "qrf", "ffn", "mqcnn", "mqcnn-feedback")
-
-
-def _quantile_list(text: str) -> tuple[float, ...]:
-    try:
-        q = tuple(float(x) for x in text.split(",") if x.strip())
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(f"quantiles must be numbers, got {text!r}") from exc
-    if not q or list(q) != sorted(set(q)) or not all(0 < x < 1 for x in q):
-        raise argparse.ArgumentTypeError("quantiles must be increasing, distinct and inside (0, 1)")
-    return q
-
-
-def _positive_int(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from exc
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {v}")
-    return v
-
-
-def _positive_float(text: str) -> float:
-    try:
-        v = float(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from exc
-    if not v > 0:
-        raise argparse.ArgumentTypeError(f"expected a number > 0, got {v}")
-    return v
 
 
 def add_backtest_arguments(parser: argparse.ArgumentParser) -> None:
@@ -60,21 +31,21 @@ def add_backtest_arguments(parser: argparse.ArgumentParser) -> None:
         default=",".join(LADDER),
         help=f"comma-separated rungs to compare, from: {', '.join(LADDER)} (default: all)",
     )
-    parser.add_argument("--origins", type=_positive_int, default=8, help="evaluation origins (default 8)")
+    parser.add_argument("--origins", type=positive_int, default=8, help="evaluation origins (default 8)")
     parser.add_argument(
         "--spacing",
-        type=_positive_int,
+        type=positive_int,
         default=None,
         help="buckets between origins (default: D 14, W 4, M 3, h 24)",
     )
     parser.add_argument(
         "--horizons",
-        type=_positive_int,
+        type=positive_int,
         default=None,
         help="buckets forecast (default: D 14, W 8, M 6, h 24)",
     )
     parser.add_argument(
-        "--max-minutes-per-rung", type=_positive_float, default=3.0, help="fit budget of each trained rung"
+        "--max-minutes-per-rung", type=positive_float, default=3.0, help="fit budget of each trained rung"
     )
     parser.add_argument(
         "--bucket",
@@ -82,9 +53,9 @@ def add_backtest_arguments(parser: argparse.ArgumentParser) -> None:
         default="auto",
         help="bucket unit (default: inferred)",
     )
-    parser.add_argument("--quantiles", type=_quantile_list, default=(0.1, 0.5, 0.9), help="e.g. 0.1,0.5,0.9")
+    parser.add_argument("--quantiles", type=quantile_list, default=(0.1, 0.5, 0.9), help="e.g. 0.1,0.5,0.9")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--threads", type=_positive_int, default=1, help="torch CPU threads (default 1)")
+    parser.add_argument("--threads", type=positive_int, default=1, help="torch CPU threads (default 1)")
     parser.add_argument(
         "--leak-check",
         choices=("first", "all", "none"),

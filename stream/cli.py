@@ -18,20 +18,9 @@ from stream.config import (
     add_service_arguments,
     check_env_choices,
     positive_int,
+    quantile_list,
 )
 from stream.errors import MqcastError
-
-
-def _quantiles(text: str) -> tuple[float, ...]:
-    try:
-        qs = tuple(float(x) for x in text.split(",") if x.strip())
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of numbers") from exc
-    if not qs or any(not 0 < q < 1 for q in qs) or list(qs) != sorted(set(qs)):
-        raise argparse.ArgumentTypeError(
-            f"{text!r}: quantiles must be increasing and strictly between 0 and 1"
-        )
-    return qs
 
 
 def _speed(text: str) -> float:
@@ -181,7 +170,10 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
         help="buckets ahead to forecast (default: per bucket unit, 14 for days)",
     )
     p.add_argument(
-        "--quantiles", type=_quantiles, default=(0.1, 0.5, 0.9), help="quantile levels (default: 0.1,0.5,0.9)"
+        "--quantiles",
+        type=quantile_list,
+        default=(0.1, 0.5, 0.9),
+        help="quantile levels (default: 0.1,0.5,0.9)",
     )
     p.add_argument(
         "--epochs", type=positive_int, default=None, help="passes over the items (default: model's)"
@@ -199,8 +191,8 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
 
 def cmd_backtest(args: argparse.Namespace) -> int:
     """``mqcast backtest``: the ladder table, CSV/Markdown/JSON and plots."""
-    from model.backtest_cli import run_backtest_command
     from state.feedback import replay_feedback
+    from stream.backtest import run_backtest_command
 
     return run_backtest_command(args, feedback_replay=replay_feedback)
 
@@ -255,7 +247,7 @@ def build_parser() -> argparse.ArgumentParser:
         "rolling origins on the same cells: wQL per quantile, outer-interval coverage, volatility, "
         "fit and predict time. Writes backtest.csv/.md/.json and PNG plots to --out-dir.",
     )
-    from model.backtest_cli import add_backtest_arguments
+    from stream.backtest import add_backtest_arguments
 
     add_backtest_arguments(p)
     p.set_defaults(func=cmd_backtest)

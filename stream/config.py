@@ -57,6 +57,30 @@ def positive_int(text: str) -> int:
     return _int_between(text, 1, None)
 
 
+def positive_float(text: str) -> float:
+    """argparse type: a number > 0."""
+    try:
+        value = float(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from exc
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"{value:g} must be > 0")
+    return value
+
+
+def quantile_list(text: str) -> tuple[float, ...]:
+    """argparse type: comma-separated quantile levels, increasing and strictly inside (0, 1)."""
+    try:
+        qs = tuple(float(x) for x in text.split(",") if x.strip())
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of numbers") from exc
+    if not qs or any(not 0 < q < 1 for q in qs) or list(qs) != sorted(set(qs)):
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: quantiles must be increasing and strictly between 0 and 1"
+        )
+    return qs
+
+
 def non_negative_int(text: str) -> int:
     """argparse type: an integer >= 0."""
     return _int_between(text, 0, None)

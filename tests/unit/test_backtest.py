@@ -18,10 +18,10 @@ from model.backtest import (
     make_plan,
     run_backtest,
 )
-from model.backtest_cli import LADDER, add_backtest_arguments, run_backtest_command
 from model.baselines import RUNGS, ForecastSpec
 from model.errors import ModelError
 from model.history import History, dates_to_buckets
+from stream.backtest import LADDER, add_backtest_arguments, run_backtest_command
 
 torch.set_num_threads(1)
 Q = (0.1, 0.5, 0.9)
