@@ -118,6 +118,24 @@ class MicroBatcher:
         return taken
 
 
+def cut_at_batches(requests: list[ForecastRequest], size: int) -> list[tuple[int, ForecastRequest]]:
+    """The requests cut wherever their concatenated rows cross a multiple of ``size``, each piece
+    with the index of the request it came from: so every model batch of ``size`` rows finishes
+    whole pieces, which can be published while the next batch runs."""
+    pieces: list[tuple[int, ForecastRequest]] = []
+    offset = 0
+    for i, req in enumerate(requests):
+        rest = req
+        while rest.rows > size - offset % size:
+            head, tail = rest.closed.split(size - offset % size)
+            pieces.append((i, replace(rest, closed=head)))
+            offset += head.rows.shape[0]
+            rest = replace(rest, closed=tail)
+        pieces.append((i, rest))
+        offset += rest.rows
+    return pieces
+
+
 def chunks(total: int, size: int) -> list[tuple[int, int]]:
     """``[start, stop)`` ranges of at most ``size`` rows covering ``total`` rows."""
     return [(start, min(start + size, total)) for start in range(0, total, size)]

@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 import torch
 
 from model.export import load_model
 from stream.inputs import ModelInputs, probe_inputs
+
+T = TypeVar("T")
 
 
 def pick_device(choice: str) -> torch.device:
@@ -23,6 +30,11 @@ def pick_device(choice: str) -> torch.device:
 class Predictor:
     """A loaded model, its metadata and the device it runs on.
 
+    Every forward runs on one worker thread of its own, so the caller can gather, record and publish
+    one batch while the next one is on the device (:meth:`submit`). One thread, not the caller's,
+    also means one CPU thread team for torch: forwards from two threads would each bring their own
+    team, and the idle one spins on the cores the busy one needs.
+
     On CUDA the inputs are staged in pinned host buffers and copied without blocking, so the copy of
     one tensor overlaps the launch of the next; on CPU the numpy arrays are wrapped without a copy.
     """
@@ -32,6 +44,8 @@ class Predictor:
         self.meta = meta
         self.device = device
         self._pinned: dict[str, torch.Tensor] = {}
+        self._worker: ThreadPoolExecutor | None = None
+        self._lock = threading.Lock()
 
     @classmethod
     def load(cls, path: Path, device: str = "auto") -> Predictor:
@@ -68,8 +82,35 @@ class Predictor:
         for _ in range(calls):
             self.predict(probe)
 
+    def submit(self, inputs: ModelInputs) -> Future[tuple[np.ndarray, float]]:
+        """Queue one batch on the model's thread; the future gives its forecasts [B, H, Q] and the
+        seconds its forward took (the time it waited in the queue not counted)."""
+        return self.on_model_thread(self._timed_forward, inputs)
+
+    def on_model_thread(self, fn: Callable[..., T], *args: object) -> Future[T]:
+        """Run ``fn(*args)`` on the model's thread, after the batches queued before it."""
+        with self._lock:
+            if self._worker is None:
+                self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mqcast-model")
+            return self._worker.submit(fn, *args)
+
     def predict(self, inputs: ModelInputs) -> np.ndarray:
-        """Quantile forecasts float32 [B, H, Q] for one batch."""
+        """Quantile forecasts float32 [B, H, Q] for one batch, waiting for them."""
+        return self.submit(inputs).result()[0]
+
+    def close(self) -> None:
+        """Stop the model's thread once queued batches are done (a later call starts a new one)."""
+        with self._lock:
+            worker, self._worker = self._worker, None
+        if worker is not None:
+            worker.shutdown(wait=True)
+
+    def _timed_forward(self, inputs: ModelInputs) -> tuple[np.ndarray, float]:
+        t0 = time.perf_counter()
+        out = self._forward(inputs)
+        return out, time.perf_counter() - t0
+
+    def _forward(self, inputs: ModelInputs) -> np.ndarray:
         with torch.inference_mode():
             out = self.module(
                 self._to_device("target", inputs.target),

@@ -9,9 +9,11 @@ from dataclasses import dataclass
 import numpy as np
 import orjson
 from kafka import KafkaProducer
+from kafka.producer.future import FutureRecordMetadata
 
 from state.buckets import bucket_start
 from stream.errors import PublishError
+from stream.partitioner import key_partitions
 
 #: Version of the forecast message contract (DESIGN.md); bump it when a field changes meaning.
 FORECAST_SCHEMA = 1
@@ -51,10 +53,11 @@ def encode_forecasts(
     # splice it into each message (this is a hot path: one message per item and bucket).
     middle = b"," + orjson.dumps(common)[1:-1] + b',"values":'
     vals = np.ascontiguousarray(values, dtype=np.float32)
-    dumps, opts = orjson.dumps, orjson.OPT_SERIALIZE_NUMPY
+    dumps, opts, join = orjson.dumps, orjson.OPT_SERIALIZE_NUMPY, b"".join
+    # One join per message (not four concatenations): each copies the whole message once.
     return [
-        b'{"item_id":' + dumps(item) + middle + dumps(vals[i], option=opts) + b"}"
-        for i, item in enumerate(item_ids)
+        join((b'{"item_id":', dumps(item), middle, dumps(v, option=opts), b"}"))
+        for item, v in zip(item_ids, vals, strict=True)
     ]
 
 
@@ -71,13 +74,27 @@ class Publisher:
         self.dead_letter_topic = dead_letter_topic
         self._futures: list = []
 
-    def forecasts(self, item_ids: Sequence[str], messages: list[bytes]) -> None:
-        """Send one message per item, keyed by item id (so an item's forecasts stay in order)."""
+    def forecasts(self, item_ids: Sequence[str], messages: list[bytes]) -> list[FutureRecordMetadata]:
+        """Send one message per item, keyed by item id (so an item's forecasts stay in order).
+
+        Each goes to the partition Kafka's default partitioner would choose for its key, hashed
+        for the whole batch at once (:func:`stream.partitioner.key_partitions`). Returns the future
+        of the last message sent to each partition: a partition's messages are acknowledged in
+        order, so when these are done, all are.
+        """
+        if len(item_ids) != len(messages):
+            raise ValueError(f"{len(item_ids)} items but {len(messages)} messages")
         send = self.producer.send
         topic = self.forecast_topic
         futures = self._futures
-        for item, msg in zip(item_ids, messages, strict=True):
-            futures.append(send(topic, value=msg, key=item.encode("utf-8")))
+        keys = [item.encode("utf-8") for item in item_ids]
+        partitions = key_partitions(keys, self.producer.partitions_for(topic))
+        first = len(futures)
+        for key, msg, partition in zip(keys, messages, partitions.tolist(), strict=True):
+            futures.append(send(topic, value=msg, key=key, partition=partition))
+        # The last position of each partition: the first of each in the reversed column.
+        _, from_end = np.unique(partitions[::-1], return_index=True)
+        return [futures[first + len(keys) - 1 - i] for i in from_end.tolist()]
 
     def dead_letter(
         self, value: bytes | None, key: bytes | None, reason: str, topic: str, partition: int, offset: int

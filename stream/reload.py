@@ -136,16 +136,21 @@ class ModelWatcher:
             return False
         self._seen, self._pending_sig = sig, None
         target = Path(sig[0])
+        candidate: Predictor | None = None
         try:
             candidate = Predictor.load(target, self.device)
             validate_candidate(candidate, self.current_meta, self.check_fits)
             candidate.warm_up(64)  # here, not in the first batch after the swap
         except (ModelError, ModelMismatchError, RuntimeError, ValueError) as exc:
+            if candidate is not None:
+                candidate.close()
             log.error("refusing new model %s: %s; the serving model keeps running", target, exc)
             self.on_refused(target, str(exc))
             return False
         with self._lock:
-            self._ready = candidate
+            stale, self._ready = self._ready, candidate
+        if stale is not None:  # validated but never taken: the newer one supersedes it
+            stale.close()
         self.current_meta = candidate.meta
         log.info(
             "new model %s (version %s) validated; swapping it in between batches", target, candidate.version

@@ -30,7 +30,7 @@ from state.config import StateConfig
 from state.feedback import feedback_feature_names
 from state.partition import PartitionState
 from state.snapshot import restore, snapshot
-from stream.batcher import ForecastRequest, MicroBatcher, chunks
+from stream.batcher import ForecastRequest, MicroBatcher, cut_at_batches
 from stream.changelog import Changelog, changelog_topic
 from stream.config import ServiceConfig
 from stream.decode import TimestampCache, decode_events
@@ -40,6 +40,7 @@ from stream.inference import Predictor
 from stream.inputs import StaticTable, concat_inputs, inputs_for
 from stream.metrics import ServiceMetrics
 from stream.observer import ServiceObserver
+from stream.pipeline import forecast_pipelined, pipeline_depth
 from stream.publish import ForecastFormat, Publisher, encode_forecasts
 from stream.reload import ModelWatcher
 from stream.topics import TopicSpec, ensure_topics
@@ -403,7 +404,8 @@ class ForecastService:
         if new is None:
             return
         old = self.predictor.version
-        self.predictor = new
+        retired, self.predictor = self.predictor, new
+        retired.close()
         self.format = ForecastFormat(
             self.state_cfg.freq, new.version, self.state_cfg.quantiles, self.state_cfg.horizons
         )
@@ -417,6 +419,12 @@ class ForecastService:
         )
 
     def _forecast(self, requests: list[ForecastRequest]) -> int:
+        """Forecast, record, publish and acknowledge ``requests``, one model batch after another.
+
+        Each batch's forecasts are recorded and sent as soon as the batch is done; on a GPU the
+        next batch runs meanwhile (:func:`stream.pipeline.pipeline_depth`). A request's latency
+        ends when the broker acknowledges its last forecast.
+        """
         if not requests:
             return 0
         horizons = self.state_cfg.horizons
@@ -424,27 +432,37 @@ class ForecastService:
             [inputs_for(r.closed, self.state_cfg.freq, horizons, self.statics) for r in requests]
         )
         out = np.empty((batch.rows, horizons, len(self.state_cfg.quantiles)), dtype=np.float32)
-        for start, stop in chunks(batch.rows, self.cfg.batcher.max_batch):
-            t0 = time.perf_counter()
-            out[start:stop] = self.predictor.predict(batch.slice(start, stop))
-            self.metrics.inference_seconds.observe(time.perf_counter() - t0)
-            self.metrics.batch_size.observe(stop - start)
         produced_ms = int(time.time() * 1000)
-        offset = 0
-        for r in requests:
-            values = out[offset : offset + r.rows]
-            offset += r.rows
-            self.states[r.partition].record_forecasts(r.closed.bucket, r.closed.rows, values)
-            self.observer.on_forecasts(r.partition, r.closed, values)
-            if r.publish:
-                messages = encode_forecasts(
-                    self.format, r.closed.item_ids, r.closed.bucket, values, produced_ms
-                )
-                self.publisher.forecasts(r.closed.item_ids, messages)
+        acked: dict[int, list[float]] = {}  # request -> when each of its output partitions was acked
+
+        def on_batch(rows: int, seconds: float) -> None:
+            self.metrics.inference_seconds.observe(seconds)
+            self.metrics.batch_size.observe(rows)
+
+        # Pieces of at most one model batch, so the first forecasts of a big bucket go out while the
+        # rest of it is still with the model.
+        pieces = cut_at_batches(requests, self.cfg.batcher.max_batch)
+
+        def on_piece(p: int, values: np.ndarray) -> None:
+            origin, piece = pieces[p]
+            self._publish_request(origin, piece, values, produced_ms, acked)
+
+        forecast_pipelined(
+            self.predictor.submit,
+            batch,
+            out,
+            self.cfg.batcher.max_batch,
+            [piece.rows for _, piece in pieces],
+            on_piece,
+            on_batch,
+            depth=pipeline_depth(self.predictor.device.type),
+        )
         self.publisher.flush()
         done = self.clock()
         published = sum(r.rows for r in requests if r.publish)
-        latencies = [max(0.0, done - r.closed_at) for r in requests if r.publish]
+        latencies = [
+            max(0.0, max(acked.get(i) or [done]) - r.closed_at) for i, r in enumerate(requests) if r.publish
+        ]
         for lat in latencies:
             self.metrics.end_to_end_seconds.observe(lat)
         self.observer.on_published(latencies, published)
@@ -454,6 +472,25 @@ class ForecastService:
         self.stats.forecasts += published
         self.stats.suppressed_forecasts += batch.rows - published
         return batch.rows
+
+    def _publish_request(
+        self,
+        index: int,
+        r: ForecastRequest,
+        values: np.ndarray,
+        produced_ms: int,
+        acked: dict[int, list[float]],
+    ) -> None:
+        self.states[r.partition].record_forecasts(r.closed.bucket, r.closed.rows, values)
+        self.observer.on_forecasts(r.partition, r.closed, values)
+        if not r.publish:
+            return
+        messages = encode_forecasts(self.format, r.closed.item_ids, r.closed.bucket, values, produced_ms)
+        times = acked.setdefault(index, [])
+        for last in self.publisher.forecasts(r.closed.item_ids, messages):
+            # Runs on the producer's thread when the broker acknowledges the last message of one
+            # output partition; list.append is atomic, so no lock is needed.
+            last.add_callback(lambda _meta, times=times: times.append(self.clock()))
 
     def commit(self, checkpoint: bool = False, drain: bool = True) -> None:
         """Commit what has been fully handled, in order:
@@ -649,3 +686,4 @@ class ForecastService:
         finally:
             self.consumer.close(autocommit=False)
             self.publisher.producer.close(timeout=10)
+            self.predictor.close()

@@ -12,6 +12,7 @@ import numpy as np
 import orjson
 import pytest
 from kafka import KafkaConsumer, KafkaProducer
+from kafka.partitioner.default import murmur2 as client_murmur2
 from kafka.structs import TopicPartition
 from prometheus_client import CollectorRegistry
 
@@ -140,6 +141,8 @@ def test_events_in_forecasts_out_with_keys_and_shapes(bootstrap, topics, tiny_mo
     for rec in records:
         msg = orjson.loads(rec.value)
         assert rec.key.decode() == msg["item_id"] and msg["item_id"] in items
+        # Where Kafka's default partitioner (and the Java client) would put the key.
+        assert rec.partition == (client_murmur2(rec.key) & 0x7FFFFFFF) % 2
         assert msg["quantiles"] == meta["quantiles"]
         assert msg["horizons"] == list(range(1, meta["horizons"] + 1))
         values = np.array(msg["values"])

@@ -6,7 +6,7 @@ import numpy as np
 
 from state.ledger import RealisedScore
 from state.partition import ClosedBucket
-from stream.batcher import BatcherConfig, MicroBatcher, chunks
+from stream.batcher import BatcherConfig, ForecastRequest, MicroBatcher, chunks, cut_at_batches
 
 
 class FakeClock:
@@ -81,3 +81,22 @@ def test_take_with_a_row_limit_splits_the_last_request_and_keeps_the_rest_first(
     assert list(first[1].closed.item_ids) + list(rest[0].closed.item_ids) == [f"i{i}" for i in range(50)]
     assert rest[0].closed.bucket == 7 and rest[0].enqueued_at == first[1].enqueued_at == 101.0
     assert b.pending_rows == 0 and b.take(max_rows=5) == []
+
+
+def test_cut_at_batches_ends_a_piece_at_every_batch_boundary():
+    requests = [
+        ForecastRequest(0, _closed(3), 0.0, 0.0),
+        ForecastRequest(1, _closed(10), 0.0, 0.5),
+        ForecastRequest(2, _closed(4), 0.0, 0.7, publish=False),
+    ]
+    pieces = cut_at_batches(requests, 4)
+    assert [(i, p.rows) for i, p in pieces] == [(0, 3), (1, 1), (1, 4), (1, 4), (1, 1), (2, 3), (2, 1)]
+    bounds = np.cumsum([p.rows for _, p in pieces])
+    assert set(range(4, 17, 4)) <= set(bounds.tolist())
+    # The pieces of a request keep its identity, times and rows in order.
+    ids = np.concatenate([p.closed.item_ids for i, p in pieces if i == 1])
+    assert ids.tolist() == requests[1].closed.item_ids.tolist()
+    for i, p in pieces:
+        assert (p.partition, p.closed_at) == (requests[i].partition, requests[i].closed_at)
+    assert [p.publish for i, p in pieces if i == 2] == [False, False]
+    assert [p.rows for _, p in cut_at_batches(requests, 100)] == [3, 10, 4]
