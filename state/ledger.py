@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from state.arrays import grown
 from state.feedback import n_feedback_features, realised_errors, update_feedback
 
 _NO_ORIGIN = np.iinfo(np.int64).min
@@ -47,13 +48,9 @@ class Ledger:
         old = self.capacity
         if capacity <= old:
             return
-        fc = np.full((capacity, *self.forecasts.shape[1:]), np.nan, dtype=np.float32)
-        fc[:old] = self.forecasts
-        orig = np.full((capacity, self.horizons), _NO_ORIGIN, dtype=np.int64)
-        orig[:old] = self.origin
-        fb = np.zeros((capacity, self.feedback.shape[1]), dtype=np.float32)
-        fb[:old] = self.feedback
-        self.forecasts, self.origin, self.feedback = fc, orig, fb
+        self.forecasts = grown(self.forecasts, capacity, np.nan)
+        self.origin = grown(self.origin, capacity, _NO_ORIGIN)
+        self.feedback = grown(self.feedback, capacity, 0.0)
 
     def compact(self, keep: np.ndarray, n: int) -> None:
         """Keep rows ``keep`` of the first ``n`` (moved to the front), clearing the rest."""

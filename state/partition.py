@@ -17,6 +17,7 @@ from itertools import repeat
 
 import numpy as np
 
+from state.arrays import grown
 from state.buckets import bucket_of, closed_before
 from state.config import StateConfig
 from state.feedback import item_scale
@@ -133,12 +134,12 @@ class PartitionState:
             return
         while cap < n:
             cap *= 2
-        self.ids = _grown(self.ids, cap, None)
-        self.qty = _grown(self.qty, cap, 0.0)
-        self.price = _grown(self.price, cap, np.nan)
-        self.first_bucket = _grown(self.first_bucket, cap, _NEVER)
-        self.last_sale = _grown(self.last_sale, cap, _NO_TIME)
-        self.last_price = _grown(self.last_price, cap, np.nan)
+        self.ids = grown(self.ids, cap, None)
+        self.qty = grown(self.qty, cap, 0.0)
+        self.price = grown(self.price, cap, np.nan)
+        self.first_bucket = grown(self.first_bucket, cap, _NEVER)
+        self.last_sale = grown(self.last_sale, cap, _NO_TIME)
+        self.last_price = grown(self.last_price, cap, np.nan)
         for acc in self.open.values():
             acc.grow(cap)
         self.ledger.grow(cap)
@@ -180,12 +181,16 @@ class PartitionState:
         self.max_event_ms = int(running[-1])
 
         ok = ~late
-        if not ok.any():
+        n_ok = int(ok.sum())
+        if n_ok == 0:
             return late
-        rows = self.rows_for(np.asarray(item_ids)[ok])
-        b_ok = buckets[ok]
-        q_ok = np.asarray(qty, dtype=np.float64)[ok]
-        p_ok = np.asarray(price, dtype=np.float64)[ok]
+        q_ok = np.asarray(qty, dtype=np.float64)
+        p_ok = np.asarray(price, dtype=np.float64)
+        if n_ok == n:  # the usual case: no copies
+            rows, b_ok = self.rows_for(item_ids), buckets
+        else:
+            rows = self.rows_for(np.asarray(item_ids)[ok])
+            b_ok, q_ok, p_ok = buckets[ok], q_ok[ok], p_ok[ok]
         np.minimum.at(self.first_bucket, rows, b_ok)
         sold = q_ok > 0
         np.maximum.at(self.last_sale, rows[sold], b_ok[sold])
@@ -300,9 +305,3 @@ def _compact(arr: np.ndarray, keep: np.ndarray, n: int, fill: object) -> None:
     m = keep.size
     arr[:m] = arr[keep]
     arr[m:n] = fill
-
-
-def _grown(arr: np.ndarray, capacity: int, fill: float | int) -> np.ndarray:
-    out = np.full((capacity, *arr.shape[1:]), fill, dtype=arr.dtype)
-    out[: arr.shape[0]] = arr
-    return out
