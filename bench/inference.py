@@ -4,8 +4,8 @@ The step is what the service does with a closed bucket: assemble the inputs (fea
 run the model in batches, record the forecasts in the ledger and encode the forecast messages. It
 is measured one batch at a time (as the service runs it on a CPU) and pipelined (as on a GPU: the
 model works on the next batch while the previous one is recorded and encoded). The bare figure
-runs only the scripted forward on ready tensors of the same batch size, on the same model thread,
-in the same run.
+runs only the scripted forward, over ready tensors of the same rows in batches of the same size, on
+the same model thread, in the same run.
 """
 
 from __future__ import annotations
@@ -70,15 +70,17 @@ def run(n_items: int, batch_sizes: list[int], device: str) -> list[tuple[str, st
     n = closed.rows.size
     for b in batch_sizes:
         b = min(b, n)
-        ready = inputs_for(closed, "D", cfg.horizons, statics).slice(0, b)
+        ready = inputs_for(closed, "D", cfg.horizons, statics)
         tensors = [
             torch.from_numpy(np.ascontiguousarray(getattr(ready, f))).to(predictor.device)
             for f in ("target", "observed", "past_cov", "future_cov", "static", "feedback")
         ]
 
-        def forward(tensors: list[torch.Tensor] = tensors) -> None:
+        def forward(b: int = b, tensors: list[torch.Tensor] = tensors) -> None:
+            # The same rows as the step, batch by batch: the model reads as much fresh memory.
             with torch.inference_mode():
-                predictor.module(*tensors)
+                for start, stop in chunks(n, b):
+                    predictor.module(*(t[start:stop] for t in tensors))
             if predictor.device.type == "cuda":
                 torch.cuda.synchronize()
 
@@ -109,7 +111,7 @@ def run(n_items: int, batch_sizes: list[int], device: str) -> list[tuple[str, st
                 depth=2,
             )
 
-        bare_rate = _rate(bare, b)
+        bare_rate = _rate(bare, n)
         seq_rate = _rate(one_at_a_time, n)
         pipe_rate = _rate(pipelined, n)
         rows.append((f"batch {b:>6}: bare forward", f"{bare_rate:,.0f} forecasts/s"))
