@@ -69,6 +69,7 @@ class BacktestConfig:
     last_origin: int | None = None  # default: the last whose every horizon lies inside the data
     seed: int = 0
     max_seconds_per_rung: float = 180.0  # fit budget of the rungs that train iteratively
+    calibrate: bool = False  # calibrate the MQ-CNN rungs' quantiles (model/calibrate.py)
     leak_check: str = "first"  # "first", "all" (every evaluation origin) or "none"
     volatility_pairs: bool = True  # also forecast at t+1 for every evaluation origin t
     threads: int | None = 1  # torch CPU threads during the run; None leaves torch's setting
@@ -127,6 +128,7 @@ def spec_for(history: History, cfg: BacktestConfig) -> ForecastSpec:
         context_length=plan.context_length,
         seed=cfg.seed,
         max_seconds=cfg.max_seconds_per_rung,
+        calibrate=cfg.calibrate,
     )
 
 

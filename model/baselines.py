@@ -63,6 +63,7 @@ class ForecastSpec:
     context_length: int = 56
     seed: int = 0
     max_seconds: float = 180.0  # wall-clock budget of one fit (the rungs that train iteratively)
+    calibrate: bool = False  # MQ-CNN rungs: fit the quantile shifts on held-out targets (model/calibrate.py)
 
     def __post_init__(self) -> None:
         q = tuple(float(x) for x in self.quantiles)
@@ -967,6 +968,7 @@ class MQCNNForecaster:
             seed=self.spec.seed,
             max_minutes=self.spec.max_seconds / 60.0,
             feedback_stages=1 if self.feedback_replay is not None else 0,
+            calibrate=self.spec.calibrate,
         )
         self.args = args
         self.model, self.report = train(

@@ -189,8 +189,9 @@ def load_checkpoint(path: Path) -> tuple[MQCNN, ModelArgs, dict]:
         args = ModelArgs(**ckpt["model_args"])
         model = MQCNN(args)
         state = dict(ckpt["state_dict"])
-        # Checkpoints from before the covariate masks use every covariate.
-        for name in ("past_cov_mask", "future_cov_mask"):
+        # Checkpoints from before the covariate masks use every covariate; those from before the
+        # calibration shift are uncalibrated.
+        for name in ("past_cov_mask", "future_cov_mask", "quantile_shift"):
             state.setdefault(name, getattr(model, name))
         model.load_state_dict(state)
     except (KeyError, TypeError, ValueError, RuntimeError) as exc:

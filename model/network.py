@@ -7,9 +7,10 @@ the known future covariates of all horizons, the static embeddings (store, categ
 items, which is what serves cold start) and the feedback features (realised errors of the item's own
 past forecasts) into one context per horizon plus a horizon-agnostic context. Local decoder: one small
 MLP shared across horizons that maps (horizon context, agnostic context, that horizon's covariates)
-to monotone, non-negative quantiles, multiplied back by the item's scale. Each horizon's known inputs
-are its calendar plus, with a ``season`` (opt-in), the item's demand one cycle before the target
-(relative to the scale, read from the window: a seasonal-naive input).
+to monotone, non-negative quantiles, shifted by the calibration fitted after training
+(``quantile_shift``, ``model/calibrate.py``) and multiplied back by the item's scale. Each horizon's
+known inputs are its calendar plus, with a ``season`` (opt-in), the item's demand one cycle before
+the target (relative to the scale, read from the window: a seasonal-naive input).
 
 ``forward_all`` makes a forecast at every time step in one pass (forking sequences, for training);
 ``forward`` is the serving entry and equals ``forward_all`` at the last step of a window of
@@ -197,6 +198,9 @@ class MQCNN(nn.Module):
         # a yearly cycle from (``mask_covariates``). The inputs the service feeds stay the same.
         self.register_buffer("past_cov_mask", torch.ones(args.n_past_cov))
         self.register_buffer("future_cov_mask", torch.ones(args.n_future_cov))
+        # Calibration: a shift of each quantile, in units of the item's scale, fitted after training on
+        # the held-out targets (``model.calibrate``). Zero until then, which changes nothing.
+        self.register_buffer("quantile_shift", torch.zeros(len(args.quantiles)))
         # Seasonal lags: horizon h reads the bucket season * ceil(h / season) before its target,
         # i.e. ``season_lag[h-1]`` buckets before the origin (log1p of demand / scale, observed flag).
         self.season = args.season
@@ -339,7 +343,10 @@ class MQCNN(nn.Module):
         # Non-crossing: a free base plus positive increments. Non-negative: the ReLU after it, which
         # also lets low quantiles be exactly zero, as they are for intermittent demand.
         q = raw[..., :1] + torch.cumsum(F.pad(F.softplus(raw[..., 1:]), (1, 0)), dim=-1)
-        return F.relu(q) * scale.reshape(n, 1, 1)
+        # The calibration shift applies to what the network forecasts (non-negative, in scale units);
+        # the running maximum keeps the quantiles ordered whatever the shifts.
+        q = torch.cummax(F.relu(F.relu(q) + self.quantile_shift), dim=-1).values
+        return q * scale.reshape(n, 1, 1)
 
     @torch.jit.export
     def forward_all(

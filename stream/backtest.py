@@ -62,6 +62,11 @@ def add_backtest_arguments(parser: argparse.ArgumentParser) -> None:
         default="first",
         help="origins re-forecast from a truncated history to prove no look-ahead (default: first)",
     )
+    parser.add_argument(
+        "--calibrate",
+        action="store_true",
+        help="fit a shift per quantile on held-out targets after training the MQ-CNN rungs",
+    )
     parser.add_argument("--no-plots", action="store_true", help="tables only")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
 
@@ -93,6 +98,7 @@ def run_backtest_command(args: argparse.Namespace, feedback_replay: FeedbackRepl
             spacing=args.spacing,
             seed=args.seed,
             max_seconds_per_rung=60.0 * args.max_minutes_per_rung,
+            calibrate=args.calibrate,
             leak_check=args.leak_check,
             threads=args.threads,
         )

@@ -184,6 +184,11 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
     p.add_argument(
+        "--calibrate",
+        action="store_true",
+        help="after training, fit a shift per quantile on the validation targets (trades wQL for coverage)",
+    )
+    p.add_argument(
         "--threads", type=positive_int, default=None, help="torch CPU threads (default: all cores)"
     )
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="training device")

@@ -47,6 +47,7 @@ def train_artifact(
     max_minutes: float | None = None,
     feedback_stages: int | None = None,
     seed: int = 0,
+    calibrate: bool = False,
     threads: int | None = None,
     device: str = "auto",
     progress: bool = True,
@@ -68,7 +69,7 @@ def train_artifact(
     args = dataclasses.replace(args, **overrides)
 
     cfg = TrainConfig()
-    changes: dict[str, object] = {"seed": seed}
+    changes: dict[str, object] = {"seed": seed, "calibrate": calibrate}
     if epochs is not None:
         changes["epochs"] = epochs
     if max_minutes is not None:
@@ -131,10 +132,24 @@ def run_train(args: argparse.Namespace) -> int:
         max_minutes=args.max_minutes,
         feedback_stages=args.feedback_stages,
         seed=args.seed,
+        calibrate=args.calibrate,
         threads=args.threads,
         device=args.device,
         progress=not args.no_progress,
         source=str(args.data),
     )
     print(f"wrote {args.out} (model {meta.get('version')})")
+    report = meta.get("report", {})
+    if "val_wql" in report:
+        print(
+            f"validation (the last {report.get('validation_buckets')} buckets): wQL {report['val_wql']:.4f}, "
+            f"outer-interval coverage {report['val_coverage']:.3f}"
+        )
+    calibration = report.get("calibration") or {}
+    if calibration:
+        print(
+            f"calibration: quantile shifts {calibration['shifts']} (item-scale units); validation wQL "
+            f"{calibration['val_wql_before']:.4f} -> {calibration['val_wql_after']:.4f}, coverage "
+            f"{calibration['val_coverage_before']:.3f} -> {calibration['val_coverage_after']:.3f}"
+        )
     return 0

@@ -193,3 +193,17 @@ def test_config_is_checked():
         TrainConfig(loss_weighting="log")
     with pytest.raises(ValueError, match="feedback_share"):
         TrainConfig(feedback_share=1.0)
+
+
+def test_calibration_sets_the_shifts_it_reports_and_scores_the_model_it_returns(history):
+    cfg = dataclasses.replace(CFG, epochs=2, calibrate=True)
+    model, report = train(history, ARGS, cfg, progress=False)
+    cal = report["calibration"]
+    assert len(cal["shifts"]) == len(ARGS.quantiles)
+    np.testing.assert_allclose(model.quantile_shift.numpy(), cal["shifts"], atol=1e-4)
+    # Fitted on the validation cells, the shifts can only lower the loss there.
+    assert cal["val_wql_after"] <= cal["val_wql_before"] + 1e-6
+    assert report["val_wql"] == pytest.approx(cal["val_wql_after"])
+    # Off (the default), nothing is shifted.
+    _, plain = train(history, ARGS, dataclasses.replace(CFG, epochs=2), progress=False)
+    assert plain["calibration"] == {}
