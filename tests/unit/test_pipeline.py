@@ -8,12 +8,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 
 import numpy as np
 import pytest
-import torch
 
-from model.export import export_model
-from model.features import FUTURE_COVARIATES, PAST_COVARIATES
-from model.network import MQCNN, ModelArgs
-from state.feedback import feedback_feature_names
 from stream.inference import Predictor
 from stream.inputs import ModelInputs, probe_inputs
 from stream.pipeline import forecast_pipelined
@@ -91,21 +86,8 @@ def test_requests_must_cover_the_batch(recorder) -> None:
         forecast_pipelined(recorder.submit, _batch(6), out, 4, [2, 3], recorder.on_request)
 
 
-def test_predictor_runs_every_forward_on_its_own_thread(tmp_path) -> None:
-    path = tmp_path / "m.pt"
-    torch.manual_seed(0)
-    args = ModelArgs()
-    meta = {
-        "freq": "D",
-        "features": {
-            "past": list(PAST_COVARIATES),
-            "future": list(FUTURE_COVARIATES),
-            "feedback": list(feedback_feature_names(args.quantiles)),
-        },
-        "static_columns": [],
-    }
-    export_model(MQCNN(args).eval(), args, path, meta)
-    predictor = Predictor.load(path, "cpu")
+def test_predictor_runs_every_forward_on_its_own_thread(tiny_model) -> None:
+    predictor = Predictor.load(tiny_model, "cpu")
     probe = probe_inputs(predictor.meta, 8)
     threads: set[str] = set()
     original = predictor._forward
