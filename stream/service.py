@@ -481,6 +481,9 @@ class ForecastService:
         produced_ms: int,
         acked: dict[int, list[float]],
     ) -> None:
+        """Record one piece of request ``index`` in its ledger and, unless it replays output that
+        already went out, send it; ``acked[index]`` collects when its partitions' last sends are
+        acknowledged."""
         self.states[r.partition].record_forecasts(r.closed.bucket, r.closed.rows, values)
         self.observer.on_forecasts(r.partition, r.closed, values)
         if not r.publish:
