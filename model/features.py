@@ -77,9 +77,12 @@ def log_price(price: np.ndarray, carried: bool = False) -> np.ndarray:
     them so), which skips the carry and gives the same result.
     """
     filled = price if carried else carry_forward(price)
+    # In place after the first step: this runs for every item at every serving bucket.
     with np.errstate(invalid="ignore"):
-        out = np.log1p(np.maximum(filled, 0.0))
-    return np.nan_to_num(out, nan=0.0).astype(np.float32, copy=False)
+        out = np.maximum(filled, 0.0)
+        np.log1p(out, out=out)
+    np.nan_to_num(out, copy=False, nan=0.0)
+    return out.astype(np.float32, copy=False)
 
 
 def static_ids(values: np.ndarray, vocab_size: int) -> np.ndarray:
