@@ -2,8 +2,9 @@
 
 A replay process sends events for ``--items`` items, every item selling every day, with event time
 running ``--days-per-second`` days per wall second; so ``items x days-per-second`` item-buckets close
-per second. The service runs in this process on a 4-partition topic; the latency of every
-micro-batch is recorded when the broker acknowledges it.
+per second. The service runs in this process on a 4-partition topic; each partition's closed bucket
+counts from the moment it closed to the broker's acknowledgement of its last forecast. Several
+loads (``--items 2500,5000,10000``) give a latency curve, one table each, against one broker.
 """
 
 from __future__ import annotations
@@ -22,7 +23,14 @@ from prometheus_client import CollectorRegistry
 
 from bench.common import bootstrap_server, default_model, machine, table
 from stream.batcher import BatcherConfig
-from stream.config import DurabilityConfig, KafkaConfig, MetricsConfig, ModelServeConfig, ServiceConfig
+from stream.config import (
+    DurabilityConfig,
+    KafkaConfig,
+    MetricsConfig,
+    ModelServeConfig,
+    ServiceConfig,
+    positive_int,
+)
 from stream.inference import Predictor
 from stream.publish import encode_forecasts
 from stream.service import ForecastService, ServiceObserver
@@ -55,12 +63,13 @@ def _write_events(path: Path, items: int, days: int) -> int:
 
 
 def run(
-    items: int, days: int, days_per_second: float, max_batch: int, max_delay_ms: float
+    bootstrap: str, items: int, days: int, days_per_second: float, max_batch: int, max_delay_ms: float
 ) -> list[tuple[str, str]]:
-    with tempfile.TemporaryDirectory() as tmp, bootstrap_server() as bootstrap:
+    """One load: ``items`` items closing ``days_per_second`` times a second, for ``days`` days."""
+    with tempfile.TemporaryDirectory() as tmp:
         events = Path(tmp) / "events.csv"
         n_events = _write_events(events, items, days)
-        suffix = str(int(time.time()))
+        suffix = f"{int(time.time())}-{items}"
         kafka = KafkaConfig(
             bootstrap=bootstrap,
             sales_topic=f"lat-sales-{suffix}",
@@ -168,14 +177,22 @@ def _bare_producer_ms(bootstrap: str, topic: str, items: int, message: bytes, ro
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__)
-    p.add_argument("--items", type=int, default=10_000)
-    p.add_argument("--days", type=int, default=30)
+    p.add_argument(
+        "--items",
+        type=lambda text: [positive_int(x) for x in text.split(",")],
+        default=[10_000],
+        help="items, or a comma-separated list of loads for a latency curve (default: 10000)",
+    )
+    p.add_argument("--days", type=positive_int, default=30)
     p.add_argument("--days-per-second", type=float, default=1.0)
-    p.add_argument("--max-batch", type=int, default=1024)
+    p.add_argument("--max-batch", type=positive_int, default=1024)
     p.add_argument("--max-delay-ms", type=float, default=20.0)
     a = p.parse_args(argv)
-    rows = run(a.items, a.days, a.days_per_second, a.max_batch, a.max_delay_ms)
-    print(table(rows, f"End-to-end latency ({machine()})"))
+    with bootstrap_server() as bootstrap:
+        for items in a.items:
+            rows = run(bootstrap, items, a.days, a.days_per_second, a.max_batch, a.max_delay_ms)
+            print(table(rows, f"End-to-end latency, {items:,} items ({machine()})"))
+            print()
 
 
 if __name__ == "__main__":
