@@ -108,17 +108,3 @@ def test_train_config_checks_the_new_options():
         TrainConfig(origin_sample=0.0)
     with pytest.raises(ValueError):
         TrainConfig(day_of_year="maybe")
-
-
-def test_serving_equals_training_pass_with_a_season():
-    args = dataclasses.replace(default_args_for("W"), n_static=2, season=52)
-    torch.manual_seed(0)
-    model = MQCNN(args).eval()
-    target, observed, past, fut, static, fb = _inputs(args, 3, args.context_length + 6)
-    L = args.context_length
-    with torch.no_grad():
-        every = model.forward_all(target, observed, past, fut, static, fb)
-        for t in range(L - 1, target.shape[1]):
-            w = slice(t - L + 1, t + 1)
-            one = model(target[:, w], observed[:, w], past[:, w], fut[:, t], static, fb[:, t])
-            torch.testing.assert_close(one, every[:, t], rtol=1e-5, atol=1e-5)

@@ -37,8 +37,9 @@ def _model(args: ModelArgs, seed: int = 0) -> MQCNN:
         dataclasses.replace(default_args_for("W"), n_static=4),
         default_args_for("M"),
         ModelArgs(context_length=30, horizons=5, dilations=(1, 3, 9), kernel_size=3, n_static=1),
+        dataclasses.replace(default_args_for("W"), n_static=2, season=52),
     ],
-    ids=["D", "W", "M", "kernel3"],
+    ids=["D", "W", "M", "kernel3", "W-season"],
 )
 def test_serving_forward_equals_training_pass_at_every_full_window(args):
     model = _model(args)
