@@ -182,12 +182,12 @@ def _calibrate(
     val_cells: np.ndarray,
     objective: _Objective,
     device: torch.device,
+    before: dict[str, float],
 ) -> tuple[dict, dict[str, float]]:
     """Fit and set the quantile shifts on the validation cells; returns them with the validation
-    scores before and after, and the validation scores after (in-sample for the shifts, so a little
-    optimistic)."""
-    before = _evaluate(model, tt, fb, val_cells, objective, device)
-    since = int(np.argmax((val_cells > 0).any(axis=(0, 2))))  # the first origin with validation cells
+    scores ``before`` (the chosen entry's, already measured for these weights) and after, and the
+    scores after (in-sample for the shifts, so a little optimistic)."""
+    since = _first_origin(val_cells)
     pred = forecast_all(model, tt, fb, device, since=since)  # [N, T', H, Q]
     cells = val_cells[:, since:] > 0
     scale = np.broadcast_to(_rolling_scale(tt, model.context_length)[:, since:, None], cells.shape)
@@ -197,12 +197,17 @@ def _calibrate(
     after = _evaluate(model, tt, fb, val_cells, objective, device)
     info = {
         "shifts": [round(float(x), 4) for x in shifts],
-        "val_wql_before": before["wql"],
+        "val_wql_before": before["val_wql"],
         "val_wql_after": after["wql"],
-        "val_coverage_before": before["coverage"],
+        "val_coverage_before": before["val_coverage"],
         "val_coverage_after": after["coverage"],
     }
     return info, after
+
+
+def _first_origin(cells: np.ndarray) -> int:
+    """The first origin with any cell in the mask ``cells`` [N, T, H] (0 when there is none)."""
+    return int(np.argmax((cells > 0).any(axis=(0, 2))))
 
 
 def _rolling_scale(tt: TrainingTensors, context_length: int) -> np.ndarray:
@@ -291,10 +296,9 @@ def _evaluate(
 ) -> dict[str, float]:
     """Objective, wQL (and per quantile), outer-interval coverage and forecast volatility on ``cells``
     (a mask [N, T, H])."""
-    ok_origin = (cells > 0).any(axis=(0, 2))
-    if not ok_origin.any():
+    if not (cells > 0).any():
         return {"loss": np.nan, "wql": np.nan, "coverage": np.nan, "volatility": np.nan}
-    since = int(np.argmax(ok_origin))
+    since = _first_origin(cells)
     pred = forecast_all(model, tt, fb, device, since=since)
     ok = cells[:, since:] > 0
     y, p = tt.ahead[:, since:][ok], pred[ok]
@@ -411,7 +415,7 @@ def train(
     chosen = best["entry"]
     calibration: dict = {}
     if cfg.calibrate and val_cells.any():
-        calibration, scores = _calibrate(model, tt, fb, val_cells, objective, device)
+        calibration, scores = _calibrate(model, tt, fb, val_cells, objective, device, chosen)
         # The report describes the model returned: calibrated (in-sample for the shifts).
         chosen = {**chosen, **{f"val_{k}": x for k, x in scores.items()}}
     report = {
