@@ -92,12 +92,8 @@ def run(n_items: int, batch_sizes: list[int], device: str) -> list[tuple[str, st
             state.record_forecasts(piece.bucket, piece.rows, values)
             encode_forecasts(fmt, piece.item_ids, piece.bucket, values, 0)
 
-        def one_at_a_time(b: int = b) -> None:
-            batch = inputs_for(closed, "D", cfg.horizons, statics)
-            for start, stop in chunks(n, b):
-                publish(closed.split(stop)[0].split(start)[1], predictor.predict(batch.slice(start, stop)))
-
-        def pipelined(b: int = b) -> None:
+        def step(b: int = b, depth: int = 1) -> None:
+            # The service's own path: pieces of one model batch, each published when it is done.
             pieces = cut_at_batches([ForecastRequest(0, closed, 0.0, 0.0)], b)
             batch = inputs_for(closed, "D", cfg.horizons, statics)
             out = np.empty((n, cfg.horizons, len(cfg.quantiles)), dtype=np.float32)
@@ -108,12 +104,12 @@ def run(n_items: int, batch_sizes: list[int], device: str) -> list[tuple[str, st
                 b,
                 [p.rows for _, p in pieces],
                 lambda i, values: publish(pieces[i][1].closed, values),
-                depth=2,
+                depth=depth,
             )
 
         bare_rate = _rate(bare, n)
-        seq_rate = _rate(one_at_a_time, n)
-        pipe_rate = _rate(pipelined, n)
+        seq_rate = _rate(lambda: step(depth=1), n)
+        pipe_rate = _rate(lambda: step(depth=2), n)
         rows.append((f"batch {b:>6}: bare forward", f"{bare_rate:,.0f} forecasts/s"))
         rows.append(
             (
