@@ -68,7 +68,7 @@ def default_model(tmp: Path) -> Path:
         "features": {
             "past": list(PAST_COVARIATES),
             "future": list(FUTURE_COVARIATES),
-            "feedback": list(feedback_feature_names(args.quantiles)),
+            "feedback": list(feedback_feature_names(args.quantiles, args.feedback_window)),
         },
         "static_columns": [],
     }

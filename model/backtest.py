@@ -70,6 +70,7 @@ class BacktestConfig:
     seed: int = 0
     max_seconds_per_rung: float = 180.0  # fit budget of the rungs that train iteratively
     calibrate: bool = False  # calibrate the MQ-CNN rungs' quantiles (model/calibrate.py)
+    feedback_window: int | None = None  # scored buckets the feedback rung attends over (None: default)
     leak_check: str = "first"  # "first", "all" (every evaluation origin) or "none"
     volatility_pairs: bool = True  # also forecast at t+1 for every evaluation origin t
     threads: int | None = 1  # torch CPU threads during the run; None leaves torch's setting
@@ -129,6 +130,7 @@ def spec_for(history: History, cfg: BacktestConfig) -> ForecastSpec:
         seed=cfg.seed,
         max_seconds=cfg.max_seconds_per_rung,
         calibrate=cfg.calibrate,
+        feedback_window=cfg.feedback_window,
     )
 
 

@@ -48,10 +48,10 @@ HORIZONS = {"h": 24, "D": 14, "W": 8, "M": 6}
 #: Context (look-back) lengths by bucket unit, the network's defaults.
 CONTEXT = {"h": 168, "D": 56, "W": 52, "M": 24}
 
-#: ``(forecasts [N,T,H,Q], qty [N,T], observed [N,T], context_length, quantiles) -> features [N,T,F]``:
-#: the serving ledger's recurrence (``state.feedback.replay_feedback``), injected because ``model/``
-#: may not import ``state/``.
-FeedbackReplay = Callable[[np.ndarray, np.ndarray, np.ndarray, int, tuple[float, ...]], np.ndarray]
+#: ``(forecasts [N,T,H,Q], qty [N,T], observed [N,T], context_length, quantiles, window)
+#: -> features [N,T,F]``: the serving ledger's recurrence (``state.feedback.replay_feedback``),
+#: injected because ``model/`` may not import ``state/``.
+FeedbackReplay = Callable[[np.ndarray, np.ndarray, np.ndarray, int, tuple[float, ...], int], np.ndarray]
 
 
 @dataclass(frozen=True)
@@ -64,6 +64,7 @@ class ForecastSpec:
     seed: int = 0
     max_seconds: float = 180.0  # wall-clock budget of one fit (the rungs that train iteratively)
     calibrate: bool = False  # MQ-CNN rungs: fit the quantile shifts on held-out targets (model/calibrate.py)
+    feedback_window: int | None = None  # mqcnn-feedback: scored buckets attended over (None: the default)
 
     def __post_init__(self) -> None:
         q = tuple(float(x) for x in self.quantiles)
@@ -964,6 +965,8 @@ class MQCNNForecaster:
             n_static=len(head.static),
             use_feedback=self.feedback_replay is not None,
         )
+        if self.spec.feedback_window is not None:
+            args = dataclasses.replace(args, feedback_window=self.spec.feedback_window)
         cfg = TrainConfig(
             seed=self.spec.seed,
             max_minutes=self.spec.max_seconds / 60.0,
@@ -986,7 +989,7 @@ class MQCNNForecaster:
         assert args is not None
 
         def fn(forecasts: np.ndarray, qty: np.ndarray, observed: np.ndarray) -> np.ndarray:
-            return replay(forecasts, qty, observed, args.context_length, args.quantiles)
+            return replay(forecasts, qty, observed, args.context_length, args.quantiles, args.feedback_window)
 
         return fn
 
@@ -1014,7 +1017,12 @@ class MQCNNForecaster:
             full[:, since:] = forecast_all(self.model, tt, fb, since=since)
             fb = np.asarray(
                 self.feedback_replay(
-                    full, tt.target, tt.observed > 0, self.args.context_length, self.args.quantiles
+                    full,
+                    tt.target,
+                    tt.observed > 0,
+                    self.args.context_length,
+                    self.args.quantiles,
+                    self.args.feedback_window,
                 ),
                 dtype=np.float32,
             )

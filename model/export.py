@@ -86,6 +86,7 @@ def export_model(model: MQCNN, args: ModelArgs, path: Path, meta: dict) -> dict:
             "quantiles": list(args.quantiles),
             "horizons": args.horizons,
             "context_length": args.context_length,
+            "feedback_window": args.feedback_window,
             "inputs": {
                 name: {"shape": list(shape), "dtype": dtype}
                 for name, (shape, dtype) in input_spec(args).items()
@@ -138,6 +139,12 @@ def load_model(path: Path, device: torch.device | str = "cpu") -> tuple[torch.ji
         raise ArtifactError(f"{path}: metadata lacks {', '.join(missing)}")
     module.eval()
     return module, meta
+
+
+def feedback_window_of(meta: dict) -> int:
+    """Scored buckets an artefact's feedback input holds one by one (0 for artefacts from before the
+    feedback window)."""
+    return int(meta.get("feedback_window", 0))
 
 
 def _plain(value: object) -> object:

@@ -7,7 +7,9 @@ the known future covariates of all horizons, the static embeddings (store, categ
 items, which is what serves cold start) and the feedback features (realised errors of the item's own
 past forecasts) into one context per horizon plus a horizon-agnostic context. Local decoder: one small
 MLP shared across horizons that maps (horizon context, agnostic context, that horizon's covariates)
-to monotone, non-negative quantiles, shifted by the calibration fitted after training
+(and, with a ``feedback_window``, what that horizon's query reads from the item's last scored
+buckets: a single-head attention over previous forecasts' realised errors, the MQTransformer's
+feedback-aware decoding) to monotone, non-negative quantiles, shifted by the calibration fitted after training
 (``quantile_shift``, ``model/calibrate.py``) and multiplied back by the item's scale. Each horizon's
 known inputs are its calendar plus, with a ``season`` (opt-in), the item's demand one cycle before
 the target (relative to the scale, read from the window: a seasonal-naive input).
@@ -57,13 +59,21 @@ class ModelArgs:
     # fit in the context, so the serving window holds it. Off by default: with season=52 on the weekly
     # set it improved validation wQL by 10% but made the rolling-origin backtest worse.
     season: int = 0
-    n_feedback: int = field(default=-1)  # -1: 3 + len(quantiles), the width of state.feedback's features
+    # Scored buckets (newest first) the decoder attends over, besides the error averages (0: none).
+    # Each is one block of the feedback input (``state.feedback``); used only with use_feedback.
+    feedback_window: int = 0
+    attention_dim: int = 16
+    # Derived, never set: (3 + len(quantiles)) * (1 + feedback_window), the width of state.feedback's
+    # features. A field so that checkpoints list it, recomputed so that ``dataclasses.replace`` with
+    # other quantiles or another window cannot carry a stale width.
+    n_feedback: int = field(default=-1)
 
     def __post_init__(self) -> None:
         self.quantiles = tuple(float(q) for q in self.quantiles)
         self.dilations = tuple(int(d) for d in self.dilations)
-        if self.n_feedback < 0:
-            self.n_feedback = 3 + len(self.quantiles)
+        if self.feedback_window < 0 or self.attention_dim < 1:
+            raise ValueError("feedback_window must be >= 0 and attention_dim >= 1")
+        self.n_feedback = (3 + len(self.quantiles)) * (1 + self.feedback_window)
         if not self.quantiles or list(self.quantiles) != sorted(set(self.quantiles)):
             raise ValueError(f"quantiles must be strictly increasing, got {self.quantiles}")
         if not all(0.0 < q < 1.0 for q in self.quantiles):
@@ -135,6 +145,39 @@ class CausalConv(nn.Module):
         b, n_out = x.shape[0], self.taps.shape[0]
         gathered = x.index_select(1, self.taps.reshape(-1)).reshape(b, n_out, -1)
         return self._combine(gathered, x.index_select(1, self.taps[:, -1]))
+
+
+class FeedbackAttention(nn.Module):
+    """Each horizon's query attends over the item's last scored buckets (newest first).
+
+    A bucket's token is its realised errors (bias, interval hit rate, pinball per quantile) embedded,
+    plus a learned vector for its age. Slots not yet filled (seen flag 0) are masked out; a learned
+    "nothing seen" slot is always there, so a new item gets a defined answer rather than an average
+    of blanks. The tokens serve as keys and values as they are: a key projection would fold into the
+    query's and a value projection into the local decoder's first layer, so neither adds anything
+    but cost (they had made training steps half as slow again).
+    """
+
+    def __init__(self, query_dim: int, block: int, window: int, dim: int) -> None:
+        super().__init__()
+        self.window = window
+        self.block = block
+        self.scale = dim**-0.5
+        self.embed = nn.Linear(block, dim)
+        self.age = nn.Parameter(0.02 * torch.randn(window, dim))
+        self.query = nn.Linear(query_dim, dim)
+        self.empty = nn.Parameter(0.02 * torch.randn(1, 1, dim))
+
+    def forward(self, queries: Tensor, blocks: Tensor) -> Tensor:
+        """queries [N,H,Dq], blocks [N, window * block] (seen flag first in each) -> [N,H,dim]."""
+        n = blocks.shape[0]
+        tokens = blocks.reshape(n, self.window, self.block)
+        keys = torch.cat([self.empty.expand(n, 1, -1), F.relu(self.embed(tokens)) + self.age], dim=1)
+        # Slots along dim 1: torch's CPU softmax over a short last dim is twice as slow.
+        scores = torch.bmm(keys, self.query(queries).transpose(1, 2)) * self.scale  # [N, 1+K, H]
+        seen = torch.cat([tokens.new_ones(n, 1), tokens[..., 0]], dim=1) > 0.5
+        scores = scores.masked_fill(~seen.unsqueeze(2), float("-inf"))
+        return torch.bmm(torch.softmax(scores, dim=1).transpose(1, 2), keys)
 
 
 def _sparse_taps(dilations: tuple[int, ...], kernel: int) -> tuple[list[int], list[Tensor]]:
@@ -210,12 +253,23 @@ class MQCNN(nn.Module):
         self.register_buffer("season_lag", torch.tensor(lags, dtype=torch.long), persistent=False)
         self.season_pad = max(lags)
         n_known = args.n_future_cov + self.n_seasonal  # known inputs of each horizon
+        # The feedback input: the error averages, which the global decoder reads, then the window of
+        # scored buckets in blocks of the same width, which the attention reads.
+        self.feedback_block = args.n_feedback // (1 + args.feedback_window)
+        self.fb_attention = (
+            FeedbackAttention(
+                args.horizon_context, self.feedback_block, args.feedback_window, args.attention_dim
+            )
+            if args.use_feedback and args.feedback_window > 0
+            else None
+        )
+        n_attended = args.attention_dim if self.fb_attention is not None else 0
         g_in = (
             args.channels
             + 1  # log scale
             + args.horizons * n_known
             + args.n_static * args.static_dim
-            + (args.n_feedback if args.use_feedback else 0)
+            + (self.feedback_block if args.use_feedback else 0)
         )
         self.global_mlp = nn.Sequential(
             nn.Linear(g_in, args.global_hidden),
@@ -223,7 +277,7 @@ class MQCNN(nn.Module):
             nn.Linear(args.global_hidden, args.horizons * args.horizon_context + args.agnostic_context),
         )
         self.local_mlp = nn.Sequential(
-            nn.Linear(args.horizon_context + args.agnostic_context + n_known, args.local_hidden),
+            nn.Linear(args.horizon_context + args.agnostic_context + n_known + n_attended, args.local_hidden),
             nn.ReLU(),
             nn.Linear(args.local_hidden, self.n_quantiles),
         )
@@ -334,12 +388,15 @@ class MQCNN(nn.Module):
         if self.n_static > 0:
             parts.append(static_emb)
         if self.use_feedback:
-            parts.append(feedback)
+            parts.append(feedback[:, : self.feedback_block])
         g = self.global_mlp(torch.cat(parts, dim=-1))
         split = self.horizons * self.horizon_context
         ctx = g[:, :split].reshape(n, self.horizons, self.horizon_context)
         agnostic = g[:, split:].unsqueeze(1).expand(-1, self.horizons, -1)
-        raw = self.local_mlp(torch.cat([ctx, agnostic, future_cov], dim=-1))
+        local = [ctx, agnostic, future_cov]
+        if self.fb_attention is not None:
+            local.append(self.fb_attention(ctx, feedback[:, self.feedback_block :]))
+        raw = self.local_mlp(torch.cat(local, dim=-1))
         # Non-crossing: a free base plus positive increments. Non-negative: the ReLU after it, which
         # also lets low quantiles be exactly zero, as they are for intermittent demand.
         q = raw[..., :1] + torch.cumsum(F.pad(F.softplus(raw[..., 1:]), (1, 0)), dim=-1)

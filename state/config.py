@@ -11,8 +11,8 @@ from state.buckets import check_freq
 class StateConfig:
     """What a partition's state keeps and how its buckets close.
 
-    ``context_length``, ``horizons`` and ``quantiles`` must match the model being served; the runner
-    builds this object from the model's metadata so they cannot drift apart.
+    ``context_length``, ``horizons``, ``quantiles`` and ``feedback_window`` must match the model being
+    served; the runner builds this object from the model's metadata so they cannot drift apart.
     """
 
     freq: str = "D"
@@ -21,6 +21,8 @@ class StateConfig:
     quantiles: tuple[float, ...] = (0.1, 0.5, 0.9)
     allowed_lateness_ms: int = 600_000
     feedback_alpha: float = 0.3
+    #: Scored buckets kept one by one in the feedback features (the model's ``feedback_window``).
+    feedback_window: int = 0
     initial_capacity: int = 1024
     #: Items without a sale in this many closed buckets are forgotten (0 keeps every item forever).
     evict_after_buckets: int = 0
@@ -37,6 +39,8 @@ class StateConfig:
             raise ValueError(f"allowed lateness must be >= 0 ms, got {self.allowed_lateness_ms}")
         if not 0.0 < self.feedback_alpha <= 1.0:
             raise ValueError(f"feedback_alpha must be in (0, 1], got {self.feedback_alpha}")
+        if self.feedback_window < 0:
+            raise ValueError(f"feedback_window must be >= 0, got {self.feedback_window}")
         if self.evict_after_buckets < 0:
             raise ValueError(f"evict_after_buckets must be >= 0, got {self.evict_after_buckets}")
         if self.initial_capacity < 1:

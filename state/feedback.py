@@ -3,8 +3,14 @@
 When a target bucket closes, every forecast that targeted it (made ``h`` buckets earlier, for
 ``h = 1..H``) is scored against the actual. The scores are scaled by the item's demand level and
 folded into exponentially weighted averages, which the network receives as inputs with its next
-forecast. The trainer replays the same two functions over the training history, so the model is
-trained on exactly the features it is served.
+forecast. With a ``window`` of ``K``, the feature vector also holds the item's last ``K`` scored
+buckets one by one (newest first), which the network attends over (``model.network``). The trainer
+replays the same two functions over the training history, so the model is trained on exactly the
+features it is served.
+
+Layout of one item's vector, ``E = 3 + Q`` columns per block: the averages (weight, bias, coverage,
+pinball per quantile), then ``K`` blocks of one scored bucket each (seen flag, bias, coverage,
+pinball per quantile), all zero until that many buckets were scored.
 """
 
 from __future__ import annotations
@@ -17,14 +23,19 @@ DEFAULT_ALPHA = 0.3
 ERROR_CLIP = 10.0
 
 
-def feedback_feature_names(quantiles: tuple[float, ...]) -> tuple[str, ...]:
-    """Names of the feedback feature columns for a set of quantile levels."""
-    return ("fb_weight", "fb_bias", "fb_coverage", *(f"fb_pinball_q{q:g}" for q in quantiles))
+def feedback_feature_names(quantiles: tuple[float, ...], window: int = 0) -> tuple[str, ...]:
+    """Names of the feedback feature columns for a set of quantile levels and a window of scored
+    buckets (0: the averages only)."""
+    pinball = tuple(f"pinball_q{q:g}" for q in quantiles)
+    names = ("fb_weight", "fb_bias", "fb_coverage", *(f"fb_{p}" for p in pinball))
+    for k in range(1, window + 1):
+        names += tuple(f"fb_recent{k}_{c}" for c in ("seen", "bias", "coverage", *pinball))
+    return names
 
 
-def n_feedback_features(n_quantiles: int) -> int:
+def n_feedback_features(n_quantiles: int, window: int = 0) -> int:
     """Width of the feedback feature vector."""
-    return 3 + n_quantiles
+    return (3 + n_quantiles) * (1 + window)
 
 
 def item_scale(qty_window: np.ndarray, observed_window: np.ndarray) -> np.ndarray:
@@ -81,12 +92,20 @@ def update_feedback(
 
     Column 0 is the weight, ``1 - (1 - alpha)^n`` after ``n`` realisations, which tells the network
     how much history stands behind the averages in the other columns (all zero for a new item).
+    Items with a realisation also push it, with its seen flag, to the front of their window (the
+    width of ``features`` says how long the window is); the oldest falls off.
     """
     out = features.copy()
+    e = errors.shape[1] + 1
     a = np.float32(alpha)
     upd = has[:, None]
     out[:, 0] = np.where(has, (1 - a) * features[:, 0] + a, features[:, 0])
-    out[:, 1:] = np.where(upd, (1 - a) * features[:, 1:] + a * errors, features[:, 1:])
+    out[:, 1:e] = np.where(upd, (1 - a) * features[:, 1:e] + a * errors, features[:, 1:e])
+    if features.shape[1] > e:
+        rows = np.flatnonzero(has)
+        out[rows, 2 * e :] = features[rows, e:-e]
+        out[rows, e] = 1.0
+        out[rows, e + 1 : 2 * e] = errors[rows]
     return out
 
 
@@ -96,19 +115,21 @@ def replay_feedback(
     observed: np.ndarray,
     context_length: int,
     quantiles: tuple[float, ...],
+    window: int = 0,
     alpha: float = DEFAULT_ALPHA,
 ) -> np.ndarray:
     """Feedback features at every origin of a history, as the serving ledger would have built them.
 
-    ``forecasts`` is float32 [N, T, H, Q]: the forecast made at origin ``t`` (after bucket ``t``
-    closed) for buckets ``t+1..t+H``; NaN where the item was not yet tracked. Returns float32
-    [N, T, F]: the features the forecast at origin ``t`` receives, i.e. after the errors realised at
-    bucket ``t`` were folded in. This is the serving recurrence run over the whole history, so the
-    trainer feeds the network exactly what the service will.
+        ``forecasts`` is float32 [N, T, H, Q]: the forecast made at origin ``t`` (after bucket ``t``
+        closed) for buckets ``t+1..t+H``; NaN where the item was not yet tracked. ``window`` is the number
+    of scored buckets kept one by one (see the module docstring). Returns float32
+        [N, T, F]: the features the forecast at origin ``t`` receives, i.e. after the errors realised at
+        bucket ``t`` were folded in. This is the serving recurrence run over the whole history, so the
+        trainer feeds the network exactly what the service will.
     """
     n, t_len, h_len, _ = forecasts.shape
     q = np.asarray(quantiles, dtype=np.float32)
-    feats = np.zeros((n, n_feedback_features(len(quantiles))), dtype=np.float32)
+    feats = np.zeros((n, n_feedback_features(len(quantiles), window)), dtype=np.float32)
     out = np.zeros((n, t_len, feats.shape[1]), dtype=np.float32)
     obs_f = observed.astype(np.float32)
     qty_obs = np.where(observed, qty, 0.0).astype(np.float32)

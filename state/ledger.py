@@ -30,14 +30,16 @@ class RealisedScore:
 class Ledger:
     """Per-item forecasts of the last ``H`` origins and the feedback features they produced."""
 
-    def __init__(self, capacity: int, horizons: int, quantiles: tuple[float, ...], alpha: float) -> None:
+    def __init__(
+        self, capacity: int, horizons: int, quantiles: tuple[float, ...], alpha: float, window: int = 0
+    ) -> None:
         self.horizons = horizons
         self.quantiles = np.asarray(quantiles, dtype=np.float32)
         self.alpha = alpha
         q = len(quantiles)
         self.forecasts = np.full((capacity, horizons, horizons, q), np.nan, dtype=np.float32)
         self.origin = np.full((capacity, horizons), _NO_ORIGIN, dtype=np.int64)
-        self.feedback = np.zeros((capacity, n_feedback_features(q)), dtype=np.float32)
+        self.feedback = np.zeros((capacity, n_feedback_features(q, window)), dtype=np.float32)
 
     @property
     def capacity(self) -> int:

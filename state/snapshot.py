@@ -113,7 +113,11 @@ def restore(data: bytes, cfg: StateConfig) -> tuple[PartitionState, int]:
     state.last_price[:n] = arrays["last_price"]
     state.ledger.forecasts[:n] = arrays["ledger_forecasts"]
     state.ledger.origin[:n] = arrays["ledger_origin"]
-    state.ledger.feedback[:n] = arrays["ledger_feedback"]
+    # A model with a longer or shorter feedback window may follow the one the snapshot was taken
+    # under: the averages and the newest scored buckets carry over, the rest starts empty.
+    fb = arrays["ledger_feedback"]
+    width = min(fb.shape[1], state.ledger.feedback.shape[1])
+    state.ledger.feedback[:n, :width] = fb[:, :width]
     for k, b in enumerate(header["open_buckets"]):
         acc = OpenBucket.empty(state.capacity)
         acc.qty[:n] = arrays["open_qty"][k]

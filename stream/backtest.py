@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from model.errors import ModelError
-from stream.config import positive_float, positive_int, quantile_list
+from stream.config import non_negative_int, positive_float, positive_int, quantile_list
 
 if TYPE_CHECKING:
     from model.baselines import FeedbackReplay
@@ -67,6 +67,12 @@ def add_backtest_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="fit a shift per quantile on held-out targets after training the MQ-CNN rungs",
     )
+    parser.add_argument(
+        "--feedback-window",
+        type=non_negative_int,
+        default=None,
+        help="scored buckets the mqcnn-feedback rung attends over (default: the bucket unit's; 0: none)",
+    )
     parser.add_argument("--no-plots", action="store_true", help="tables only")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
 
@@ -99,6 +105,7 @@ def run_backtest_command(args: argparse.Namespace, feedback_replay: FeedbackRepl
             seed=args.seed,
             max_seconds_per_rung=60.0 * args.max_minutes_per_rung,
             calibrate=args.calibrate,
+            feedback_window=args.feedback_window,
             leak_check=args.leak_check,
             threads=args.threads,
         )

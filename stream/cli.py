@@ -17,6 +17,7 @@ from stream.config import (
     add_kafka_arguments,
     add_service_arguments,
     check_env_choices,
+    non_negative_int,
     positive_int,
     quantile_list,
 )
@@ -181,6 +182,12 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-minutes", type=float, default=None, help="time budget for training")
     p.add_argument(
         "--feedback-stages", type=int, default=None, help="feedback training rounds (0 disables feedback)"
+    )
+    p.add_argument(
+        "--feedback-window",
+        type=non_negative_int,
+        default=None,
+        help="scored buckets the decoder attends over (default: the bucket unit's; 0: averages only)",
     )
     p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
     p.add_argument(

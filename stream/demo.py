@@ -155,7 +155,8 @@ def _model_for_demo(args: argparse.Namespace, daily: Path) -> Path:
     # The cached model is reused only for the same data, settings and model code.
     h = hashlib.sha256(daily.read_bytes())
     h.update(f"{args.train_until}|{args.train_minutes}".encode())
-    for src in sorted((Path(__file__).resolve().parents[1] / "model").glob("*.py")):
+    root = Path(__file__).resolve().parents[1]
+    for src in [*sorted((root / "model").glob("*.py")), root / "state" / "feedback.py"]:
         h.update(src.read_bytes())
     key = h.hexdigest()[:12]
     path = cache_dir() / "models" / f"demo-{key}.pt"

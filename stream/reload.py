@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from model.errors import ModelError
+from model.export import feedback_window_of
 from model.metrics import quantiles_cross
 from stream.config import ReloadConfig
 from stream.errors import ModelMismatchError
@@ -60,6 +61,8 @@ def validate_candidate(candidate: Predictor, current_meta: dict, check_fits: Cal
         for key in STATE_SHAPING_KEYS
         if _normalise(meta.get(key)) != _normalise(current_meta.get(key))
     ]
+    if feedback_window_of(meta) != feedback_window_of(current_meta):
+        changed.append(f"feedback_window {feedback_window_of(current_meta)} -> {feedback_window_of(meta)}")
     if changed:
         raise ModelMismatchError(
             "the new model changes the shape of the state being served ("

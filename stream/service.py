@@ -26,6 +26,7 @@ from kafka.future import Future
 from kafka.structs import OffsetAndMetadata, TopicPartition
 from prometheus_client import CollectorRegistry
 
+from model.export import feedback_window_of
 from state.config import StateConfig
 from state.feedback import feedback_feature_names
 from state.partition import PartitionState
@@ -81,7 +82,7 @@ def check_model_fits(meta: dict, cfg: ServiceConfig) -> None:
             f"{cfg.model.bucket!r} buckets (--bucket / MQCAST_BUCKET)"
         )
     quantiles = tuple(meta.get("quantiles", ()))
-    expected_fb = list(feedback_feature_names(quantiles))
+    expected_fb = list(feedback_feature_names(quantiles, feedback_window_of(meta)))
     got_fb = list(meta.get("features", {}).get("feedback", []))
     if got_fb != expected_fb:
         problems.append(f"the model's feedback features {got_fb} are not the service's {expected_fb}")
@@ -174,6 +175,7 @@ class ForecastService:
             context_length=int(meta["context_length"]),
             horizons=int(meta["horizons"]),
             quantiles=quantiles,
+            feedback_window=feedback_window_of(meta),
             allowed_lateness_ms=cfg.allowed_lateness_ms,
             evict_after_buckets=cfg.evict_after_buckets,
         )

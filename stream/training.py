@@ -46,6 +46,7 @@ def train_artifact(
     epochs: int | None = None,
     max_minutes: float | None = None,
     feedback_stages: int | None = None,
+    feedback_window: int | None = None,
     seed: int = 0,
     calibrate: bool = False,
     threads: int | None = None,
@@ -66,6 +67,8 @@ def train_artifact(
         overrides["context_length"] = context_length
     if horizons is not None:
         overrides["horizons"] = horizons
+    if feedback_window is not None:
+        overrides["feedback_window"] = feedback_window
     args = dataclasses.replace(args, **overrides)
 
     cfg = TrainConfig()
@@ -84,7 +87,9 @@ def train_artifact(
     cfg = dataclasses.replace(cfg, **changes)
 
     def feedback_fn(forecasts: np.ndarray, qty: np.ndarray, observed: np.ndarray) -> np.ndarray:
-        return replay_feedback(forecasts, qty, observed, args.context_length, args.quantiles)
+        return replay_feedback(
+            forecasts, qty, observed, args.context_length, args.quantiles, args.feedback_window
+        )
 
     model, report = train(history, args, cfg, feedback_fn=feedback_fn, progress=progress)
     meta = {
@@ -95,7 +100,7 @@ def train_artifact(
         "features": {
             "past": list(PAST_COVARIATES),
             "future": list(FUTURE_COVARIATES),
-            "feedback": list(feedback_feature_names(args.quantiles)),
+            "feedback": list(feedback_feature_names(args.quantiles, args.feedback_window)),
         },
         "static_columns": list(history.static),
         "train_data": {
@@ -131,6 +136,7 @@ def run_train(args: argparse.Namespace) -> int:
         epochs=args.epochs,
         max_minutes=args.max_minutes,
         feedback_stages=args.feedback_stages,
+        feedback_window=args.feedback_window,
         seed=args.seed,
         calibrate=args.calibrate,
         threads=args.threads,

@@ -64,6 +64,27 @@ def test_scripted_outputs_equal_eager_outputs(exported):
         )
 
 
+@pytest.fixture
+def exported_with_window(tmp_path):
+    args = ModelArgs(n_static=1, feedback_window=4)
+    torch.manual_seed(0)
+    model = MQCNN(args).eval()
+    names = [f"fb_{i}" for i in range(args.n_feedback)]
+    path = tmp_path / "window.pt"
+    meta = export_model(model, args, path, _meta(features={**FEATURES, "feedback": names}))
+    x = list(_window(args))
+    x[5][:, 6::6] = (x[5][:, 6::6] > 0).float()  # seen flags: some slots filled, some empty
+    return model, path, meta, x
+
+
+def test_scripted_attention_over_scored_buckets_equals_eager(exported_with_window):
+    model, path, meta, x = exported_with_window
+    assert meta["feedback_window"] == 4
+    scripted, _ = load_model(path)
+    with torch.no_grad():
+        torch.testing.assert_close(scripted(*x), model(*x), rtol=0, atol=0)
+
+
 def test_scripted_model_runs_on_cpu_after_a_round_trip(exported):
     _, args, path, _ = exported
     scripted, _ = load_model(path, "cpu")
@@ -73,14 +94,15 @@ def test_scripted_model_runs_on_cpu_after_a_round_trip(exported):
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
-def test_scripted_model_runs_on_cuda(exported):
+def test_scripted_model_runs_on_cuda(exported, exported_with_window):
     model, args, path, _ = exported
-    scripted, _ = load_model(path, "cuda")
-    x = _window(args)
-    with torch.no_grad():
-        out = scripted(*(t.cuda() for t in x))
-        assert out.device.type == "cuda"
-        torch.testing.assert_close(out.cpu(), model(*x), rtol=1e-4, atol=1e-4)
+    window_model, window_path, _, window_x = exported_with_window
+    for eager, artefact, x in ((model, path, _window(args)), (window_model, window_path, window_x)):
+        scripted, _ = load_model(artefact, "cuda")
+        with torch.no_grad():
+            out = scripted(*(t.cuda() for t in x))
+            assert out.device.type == "cuda"
+            torch.testing.assert_close(out.cpu(), eager(*x), rtol=1e-4, atol=1e-4)
 
 
 def test_metadata_travels_inside_the_artefact(exported):

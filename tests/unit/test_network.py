@@ -38,8 +38,9 @@ def _model(args: ModelArgs, seed: int = 0) -> MQCNN:
         default_args_for("M"),
         ModelArgs(context_length=30, horizons=5, dilations=(1, 3, 9), kernel_size=3, n_static=1),
         dataclasses.replace(default_args_for("W"), n_static=2, season=52),
+        dataclasses.replace(default_args_for("D"), n_static=1, feedback_window=5),
     ],
-    ids=["D", "W", "M", "kernel3", "W-season"],
+    ids=["D", "W", "M", "kernel3", "W-season", "D-feedback-window"],
 )
 def test_serving_forward_equals_training_pass_at_every_full_window(args):
     model = _model(args)
@@ -51,6 +52,30 @@ def test_serving_forward_equals_training_pass_at_every_full_window(args):
             w = slice(t - L + 1, t + 1)
             one = model(target[:, w], observed[:, w], past[:, w], fut[:, t], static, fb[:, t])
             torch.testing.assert_close(one, every[:, t], rtol=1e-5, atol=1e-5)
+
+
+def test_feedback_attention_reads_scored_buckets_and_ignores_empty_slots():
+    args = ModelArgs(context_length=30, horizons=4, dilations=(1, 2, 4), feedback_window=3)
+    model = _model(args)
+    target, observed, past, fut, static, _ = _inputs(args, 4, args.context_length)
+    x = (target, observed, past, fut[:, -1], static)
+    e = args.n_feedback // 4  # the averages, then three blocks of one scored bucket each
+    fb = torch.zeros(4, args.n_feedback)
+    fb[:, e] = 1.0  # only the newest slot is filled
+    fb[:, e + 1 :] = torch.randn(4, args.n_feedback - e - 1)
+    fb[:, 2 * e] = 0.0
+    fb[:, 3 * e] = 0.0
+    with torch.no_grad():
+        base = model(*x, fb)
+        noise = fb.clone()
+        for slot in (2, 3):  # the unseen slots' contents, not their seen flags
+            noise[:, slot * e + 1 : (slot + 1) * e] = torch.randn(4, e - 1) * 10
+        torch.testing.assert_close(model(*x, noise), base, rtol=0, atol=0)
+        seen = fb.clone()
+        seen[:, e + 1 : 2 * e] += 3.0  # the filled slot's errors
+        assert (model(*x, seen) - base).abs().max() > 1e-4
+        empty = model(*x, torch.zeros(4, args.n_feedback))  # a new item: nothing scored yet
+    assert torch.isfinite(empty).all()
 
 
 def test_forecasts_depend_on_history_inside_the_receptive_field_only():

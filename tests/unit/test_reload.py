@@ -11,21 +11,21 @@ import torch
 from model.export import export_model
 from model.features import FUTURE_COVARIATES, PAST_COVARIATES
 from model.network import MQCNN, ModelArgs
+from state.feedback import feedback_feature_names
 from stream.config import ReloadConfig, ServiceConfig
 from stream.errors import ModelMismatchError
 from stream.inference import Predictor
 from stream.reload import ModelWatcher, resolve_model_path, validate_candidate
 from stream.service import check_model_fits
 
-FEEDBACK = ["fb_weight", "fb_bias", "fb_coverage", "fb_pinball_q0.1", "fb_pinball_q0.5", "fb_pinball_q0.9"]
-
 
 def _export(path, seed: int, **args) -> None:
     torch.manual_seed(seed)
     margs = ModelArgs(**args)
+    feedback = list(feedback_feature_names(margs.quantiles, margs.feedback_window))
     meta = {
         "freq": "D",
-        "features": {"past": list(PAST_COVARIATES), "future": list(FUTURE_COVARIATES), "feedback": FEEDBACK},
+        "features": {"past": list(PAST_COVARIATES), "future": list(FUTURE_COVARIATES), "feedback": feedback},
         "static_columns": [],
     }
     export_model(MQCNN(margs).eval(), margs, path, meta)
@@ -89,6 +89,16 @@ def test_bad_artefacts_are_refused_and_not_retried_until_they_change(serving, tm
     watcher.check()
     assert watcher.take() is None
     assert "horizons 14 -> 7" in refused[-1] and "new consumer group" in refused[-1]
+
+
+def test_a_model_with_another_feedback_window_is_refused_while_serving(serving, tmp_path):
+    _, current = serving
+    other = tmp_path / "window.pt"
+    _export(other, seed=1, feedback_window=3)
+    candidate = Predictor.load(other, "cpu")
+    _fits(candidate.meta)  # a valid model in itself
+    with pytest.raises(ModelMismatchError, match="feedback_window 0 -> 3"):
+        validate_candidate(candidate, current.meta, _fits)
 
 
 def test_validation_runs_a_test_forward(serving):

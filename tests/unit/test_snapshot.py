@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -67,6 +69,20 @@ def test_snapshot_restore_continues_identically():
         np.testing.assert_array_equal(t1, t2)
         np.testing.assert_array_equal(f1, f2)
         np.testing.assert_array_equal(p1, p2)
+
+
+def test_feedback_carries_over_to_a_model_with_another_window():
+    """A restart with a model that keeps more (or fewer) scored buckets keeps what both hold."""
+    items, ms, qty, price = _stream()
+    short = PartitionState(dataclasses.replace(_cfg(), feedback_window=1))
+    _drive(short, (items, ms, qty, price), np.random.default_rng(0))
+    data = snapshot(short, len(ms))
+    n = short.n_items
+    longer, _ = restore(data, dataclasses.replace(_cfg(), feedback_window=3))
+    np.testing.assert_array_equal(longer.ledger.feedback[:n, :12], short.ledger.feedback[:n])
+    assert not longer.ledger.feedback[:n, 12:].any() and short.ledger.feedback[:n, 6].any()
+    none, _ = restore(data, _cfg())
+    np.testing.assert_array_equal(none.ledger.feedback[:n], short.ledger.feedback[:n, :6])
 
 
 def test_snapshot_of_other_configuration_is_refused():
