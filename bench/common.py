@@ -54,14 +54,19 @@ def table(rows: list[tuple[str, str]], title: str) -> str:
     return "\n".join(lines)
 
 
-def default_model(tmp: Path) -> Path:
-    """An untrained default daily model exported like a trained one (speed does not depend on weights)."""
+def default_model(tmp: Path, feedback_window: int | None = None) -> Path:
+    """An untrained default daily model exported like a trained one (speed does not depend on weights);
+    ``feedback_window`` overrides the default's."""
+    import dataclasses
+
     from model.export import export_model
     from model.features import FUTURE_COVARIATES, PAST_COVARIATES
     from model.network import MQCNN, default_args_for
     from state.feedback import feedback_feature_names
 
     args = default_args_for("D")
+    if feedback_window is not None:
+        args = dataclasses.replace(args, feedback_window=feedback_window)
     path = tmp / "bench-model.pt"
     meta = {
         "freq": "D",

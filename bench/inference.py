@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from bench.common import default_model, machine, table
+from model.export import feedback_window_of
 from state.config import StateConfig
 from state.partition import ClosedBucket, PartitionState
 from stream.batcher import ForecastRequest, chunks, cut_at_batches
@@ -56,17 +57,26 @@ def _rate(fn, rows: int, min_s: float = 2.0) -> float:
     return n * rows / (time.perf_counter() - t0)
 
 
-def run(n_items: int, batch_sizes: list[int], device: str) -> list[tuple[str, str]]:
+def run(
+    n_items: int, batch_sizes: list[int], device: str, feedback_window: int | None = None
+) -> list[tuple[str, str]]:
     with tempfile.TemporaryDirectory() as tmp:
-        predictor = Predictor.load(default_model(Path(tmp)), device)
+        predictor = Predictor.load(default_model(Path(tmp), feedback_window), device)
     meta = predictor.meta
     cfg = StateConfig(
-        context_length=meta["context_length"], horizons=meta["horizons"], quantiles=tuple(meta["quantiles"])
+        context_length=meta["context_length"],
+        horizons=meta["horizons"],
+        quantiles=tuple(meta["quantiles"]),
+        feedback_window=feedback_window_of(meta),
     )
     state, closed = _closed_bucket(n_items, cfg)
     statics = StaticTable((), 1024)
     fmt = ForecastFormat("D", predictor.version, cfg.quantiles, cfg.horizons)
-    rows = [("device", str(predictor.device)), ("items in the closed bucket", f"{closed.rows.size:,}")]
+    rows = [
+        ("device", str(predictor.device)),
+        ("feedback window", str(cfg.feedback_window)),
+        ("items in the closed bucket", f"{closed.rows.size:,}"),
+    ]
     n = closed.rows.size
     for b in batch_sizes:
         b = min(b, n)
@@ -132,9 +142,16 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--items", type=int, default=20_000)
     p.add_argument("--batch-sizes", default="256,1024,4096,16384")
     p.add_argument("--device", default="auto")
+    p.add_argument(
+        "--feedback-window",
+        type=int,
+        default=None,
+        help="scored buckets the model attends over (default: its own)",
+    )
     a = p.parse_args(argv)
     sizes = [int(x) for x in a.batch_sizes.split(",")]
-    print(table(run(a.items, sizes, a.device), f"Inference ({machine()}, {torch.get_num_threads()} threads)"))
+    rows = run(a.items, sizes, a.device, a.feedback_window)
+    print(table(rows, f"Inference ({machine()}, {torch.get_num_threads()} threads)"))
 
 
 if __name__ == "__main__":

@@ -175,6 +175,28 @@ def _split_cells(tt: TrainingTensors, v: int) -> tuple[np.ndarray, np.ndarray]:
     return train.astype(np.float32), val.astype(np.float32)
 
 
+def feedback_error_gap(
+    forecasts: np.ndarray,
+    tt: TrainingTensors,
+    train_cells: np.ndarray,
+    val_cells: np.ndarray,
+    v: int,
+    quantiles: tuple[float, ...],
+) -> dict[str, float]:
+    """wQL of the forecasts the feedback features are built from: on training targets of the last
+    ``v`` buckets before the validation window (fitted data) and on the validation targets (never
+    trained on, as served). A large gap means the feedback features the network trains on describe
+    smaller errors than the ones it is served."""
+    t, h = tt.n_steps, tt.ahead.shape[2]
+    target_col = np.arange(t)[:, None] + 1 + np.arange(h)[None, :]
+    recent = ((target_col >= t - 2 * v) & (target_col < t - v))[None]
+    out = {}
+    for name, cells in (("in_sample_wql", (train_cells > 0) & recent), ("held_out_wql", val_cells > 0)):
+        y = np.where(cells, tt.ahead, np.nan)
+        out[name] = round(float(weighted_quantile_loss(y, forecasts, np.asarray(quantiles))[1]), 4)
+    return out
+
+
 def _calibrate(
     model: MQCNN,
     tt: TrainingTensors,
@@ -360,6 +382,7 @@ def train(
 
     log: list[dict] = []
     best: dict = {}
+    gap: dict[str, float] = {}
     step = 0
     bar = tqdm(total=total_steps, disable=not progress, desc="train", unit="step")
     for stage, epochs, stage_budget in plan:
@@ -367,6 +390,8 @@ def train(
             assert feedback_fn is not None
             forecasts = forecast_all(model, tt, fb, device)
             fb = np.asarray(feedback_fn(forecasts, tt.target, tt.observed > 0), dtype=np.float32)
+            if not gap and val_cells.any():
+                gap = feedback_error_gap(forecasts, tt, train_cells, val_cells, v, args.quantiles)
             best = {}
         stage_start = time.monotonic()
         for epoch in range(epochs):
@@ -430,6 +455,7 @@ def train(
         "validation_buckets": v,
         "chosen": {"stage": chosen["stage"], "epoch": chosen["epoch"]},
         "calibration": calibration,
+        "feedback_error_gap": gap,
         "epochs_run": len(log),
         "stages": stages,
         "seconds": round(time.monotonic() - t_start, 1),

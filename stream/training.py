@@ -158,4 +158,10 @@ def run_train(args: argparse.Namespace) -> int:
             f"{calibration['val_wql_before']:.4f} -> {calibration['val_wql_after']:.4f}, coverage "
             f"{calibration['val_coverage_before']:.3f} -> {calibration['val_coverage_after']:.3f}"
         )
+    gap = report.get("feedback_error_gap") or {}
+    if gap:
+        print(
+            f"feedback features were built from forecasts with wQL {gap['in_sample_wql']:.4f} on fitted "
+            f"targets and {gap['held_out_wql']:.4f} on held-out ones"
+        )
     return 0

@@ -14,7 +14,7 @@ from model.features import calendar_features
 from model.history import History, bucket_start_ms, dates_to_buckets
 from model.metrics import weighted_quantile_loss
 from model.network import ModelArgs
-from model.train import TrainConfig, forecast_all, train
+from model.train import TrainConfig, _split_cells, feedback_error_gap, forecast_all, train
 from state.feedback import replay_feedback
 
 ARGS = ModelArgs(
@@ -157,6 +157,25 @@ def test_feedback_stage_trains_on_features_of_the_models_own_forecasts():
     with_fb = forecast_all(model, tt, fb)
     without = forecast_all(model, tt, np.zeros_like(fb))
     assert np.nanmax(np.abs(with_fb - without)) > 1e-3
+    # The report compares those forecasts' errors on fitted and on held-out targets.
+    train_cells, val_cells = _split_cells(tt, ARGS.horizons)
+    gap = feedback_error_gap(forecasts, tt, train_cells, val_cells, ARGS.horizons, ARGS.quantiles)
+    assert report["feedback_error_gap"] == gap and min(gap.values()) > 0
+
+
+def test_feedback_error_gap_scores_recent_fitted_targets_against_held_out_ones():
+    h = weekly_history(n_items=6, n_days=60)
+    tt = build_tensors(h, ARGS)
+    v = 7
+    train_cells, val_cells = _split_cells(tt, v)
+    exact = np.repeat(tt.ahead[..., None], len(ARGS.quantiles), axis=-1)
+    gap = feedback_error_gap(exact, tt, train_cells, val_cells, v, ARGS.quantiles)
+    assert gap == {"in_sample_wql": 0.0, "held_out_wql": 0.0}
+    # Wrong only where the targets lie in the validation window: only the held-out score moves.
+    target_col = np.arange(60)[:, None] + 1 + np.arange(ARGS.horizons)[None, :]
+    off = np.where((target_col >= 60 - v)[None, :, :, None], exact + 5.0, exact)
+    gap = feedback_error_gap(off, tt, train_cells, val_cells, v, ARGS.quantiles)
+    assert gap["in_sample_wql"] == 0.0 and gap["held_out_wql"] > 0.1
 
 
 def test_no_feedback_stage_without_a_feedback_function_or_with_feedback_off(history):
