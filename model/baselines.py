@@ -981,8 +981,8 @@ class MQCNNForecaster:
             k: self.report[k] for k in ("val_wql", "epochs_run", "seconds", "n_params") if k in self.report
         }
         self.info["chosen_stage"] = self.report.get("chosen", {}).get("stage", -1)
-        if self.report.get("feedback_error_gap"):
-            self.info["feedback_error_gap"] = self.report["feedback_error_gap"]
+        for key, value in (self.report.get("feedback_error_gap") or {}).items():
+            self.info[f"feedback_source_{key}"] = value
 
     def _feedback_fn(self):
         if self.feedback_replay is None:

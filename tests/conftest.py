@@ -40,6 +40,18 @@ def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
+@pytest.fixture(scope="session")
+def tiny_window_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Like ``tiny_model``, with decoder attention over the last 3 scored buckets."""
+    from stream.training import train_artifact
+
+    path = tmp_path_factory.mktemp("model") / "tiny-window.pt"
+    train_artifact(
+        synthetic_history(), path, epochs=3, feedback_stages=1, feedback_window=3, threads=1, progress=False
+    )
+    return path
+
+
 @pytest.fixture
 def make_history():
     """Factory of synthetic daily histories (see :func:`synthetic_history`)."""

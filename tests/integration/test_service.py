@@ -215,13 +215,15 @@ def test_restarted_service_resumes_from_committed_offsets(bootstrap, topics, tin
         again.close()
 
 
-def test_feedback_features_change_after_realised_buckets(bootstrap, topics, tiny_model):
-    items = ["f1", "f2", "f3"]
+@pytest.mark.parametrize("window", [0, 3])
+def test_feedback_features_change_after_realised_buckets(bootstrap, topics, request, window):
+    model = request.getfixturevalue("tiny_window_model" if window else "tiny_model")
+    items = [f"f{window}-1", f"f{window}-2", f"f{window}-3"]
     _produce(bootstrap, topics["sales"], _events(items, days=10))
     capture = Capture()
     service = ForecastService(
-        _config(bootstrap, topics, tiny_model, "g-feedback"),
-        Predictor.load(tiny_model, "cpu"),
+        _config(bootstrap, topics, model, f"g-feedback-{window}"),
+        Predictor.load(model, "cpu"),
         CollectorRegistry(),
         observer=capture,
     )
@@ -235,7 +237,12 @@ def test_feedback_features_change_after_realised_buckets(bootstrap, topics, tiny
         assert np.all(first_fb == 0), "nothing is realised before the first forecast"
         weights = [fb[0] for _, fb in seq]
         assert all(b > a for a, b in itertools.pairwise(weights)), "each closed bucket adds evidence"
-        assert not np.allclose(seq[-1][1][1:], seq[-2][1][1:]), "error averages move with new realisations"
+        assert not np.allclose(seq[-1][1][1:6], seq[-2][1][1:6]), "error averages move with new realisations"
+        assert len(seq[-1][1]) == 6 * (1 + window)
+        # The window fills one slot per realised bucket (the k-th forecast follows k of them).
+        for k, (_, fb) in enumerate(seq):
+            filled = min(k, window)
+            np.testing.assert_array_equal(fb[6::6], [1.0] * filled + [0.0] * (window - filled))
     assert service.metrics.rolling_wql() is not None
 
 
