@@ -143,7 +143,8 @@ class CausalConv(nn.Module):
         """Only the steps the next layer needs: ``x`` [B, n_in, C_in] -> [B, n_out, C_out], where row
         ``i`` of ``taps`` names the rows of ``x`` that output ``i`` reads (oldest first, itself last)."""
         b, n_out = x.shape[0], self.taps.shape[0]
-        gathered = x.index_select(1, self.taps.reshape(-1)).reshape(b, n_out, -1)
+        # Explicit sizes: -1 is ambiguous for an empty batch.
+        gathered = x.index_select(1, self.taps.reshape(-1)).reshape(b, n_out, self.taps.shape[1] * x.shape[2])
         return self._combine(gathered, x.index_select(1, self.taps[:, -1]))
 
 
@@ -384,7 +385,11 @@ class MQCNN(nn.Module):
         if self.season > 0:
             lag = torch.log1p(seasonal[..., :1] / scale.reshape(n, 1, 1))
             future_cov = torch.cat([future_cov, lag, seasonal[..., 1:]], dim=-1)
-        parts = [enc, torch.log(scale).unsqueeze(-1), future_cov.reshape(n, -1)]
+        parts = [
+            enc,
+            torch.log(scale).unsqueeze(-1),
+            future_cov.reshape(n, self.horizons * future_cov.shape[2]),
+        ]
         if self.n_static > 0:
             parts.append(static_emb)
         if self.use_feedback:

@@ -112,6 +112,17 @@ def test_shapes_and_quantiles_non_negative_and_non_crossing():
     assert (shifted[..., 0] == 0).any()
 
 
+@pytest.mark.parametrize("window", [0, 3])
+def test_an_empty_batch_gives_an_empty_forecast_eager_and_scripted(window):
+    args = ModelArgs(context_length=30, horizons=4, dilations=(1, 2, 4), n_static=1, feedback_window=window)
+    model = _model(args)
+    target, observed, past, fut, static, fb = (x[:0] for x in _inputs(args, 2, args.context_length))
+    x = (target, observed, past, fut[:, -1], static, fb[:, -1])
+    scripted = torch.jit.script(model)
+    with torch.no_grad():
+        assert model(*x).shape == scripted(*x).shape == (0, 4, len(args.quantiles))
+
+
 def test_receptive_field_longer_than_the_context_is_refused():
     assert ModelArgs(context_length=32, dilations=(1, 2, 4, 8, 16)).receptive_field == 32
     with pytest.raises(ValueError, match="encoder sees 32 buckets but the context is 31"):
