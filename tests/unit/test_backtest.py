@@ -10,6 +10,7 @@ import json
 import numpy as np
 import pytest
 import torch
+from histories import seasonal_history
 
 from model.backtest import (
     BacktestConfig,
@@ -58,25 +59,6 @@ class Cheater(Spy):
     def predict(self, history: History, origins: np.ndarray) -> np.ndarray:
         out = super().predict(history, np.full(len(origins), history.n_buckets - 1))
         return out
-
-
-def seasonal_history(n_items: int = 16, n_days: int = 112, seed: int = 0) -> History:
-    """Poisson demand around level x weekly pattern, levels 100x apart, staggered starts, a store."""
-    rng = np.random.default_rng(seed)
-    pattern = np.array([0.0, 1.0, 1.0, 1.5, 2.0, 3.0, 0.5])
-    level = np.geomspace(0.5, 50.0, n_items)
-    qty = rng.poisson(level[:, None] * pattern[np.arange(n_days) % 7][None, :]).astype(np.float32)
-    observed = np.arange(n_days)[None, :] >= rng.integers(0, 30, n_items)[:, None]
-    observed &= rng.random((n_items, n_days)) > 0.03
-    return History(
-        item_ids=np.array([f"sku-{i}" for i in range(n_items)]),
-        freq="D",
-        first_bucket=int(dates_to_buckets(np.array(["2021-01-04"]), "D")[0]),
-        qty=np.where(observed, qty, 0.0).astype(np.float32),
-        observed=observed,
-        price=np.full((n_items, n_days), np.nan, dtype=np.float32),
-        static={"store": np.array([f"s{i % 3}" for i in range(n_items)])},
-    )
 
 
 def tiny_history() -> History:
@@ -195,7 +177,7 @@ def test_invalid_forecasts_are_rejected():
 
 
 def test_baselines_through_the_backtest_and_outputs(tmp_path):
-    h = seasonal_history()
+    h = seasonal_history(late_first=None, price=None)
     cfg = BacktestConfig(quantiles=Q, horizons=7, context_length=28, n_origins=3, spacing=7)
     result = run_backtest(h, build_forecasters(["naive", "ets"], h, cfg), cfg, progress=False)
     naive, ets = result.rungs
@@ -214,7 +196,7 @@ def test_baselines_through_the_backtest_and_outputs(tmp_path):
 def test_mqcnn_rungs_run_and_are_causal():
     from state.feedback import replay_feedback
 
-    h = seasonal_history(n_items=12, n_days=100)
+    h = seasonal_history(n_items=12, n_days=100, late_first=None, price=None)
     cfg = BacktestConfig(
         quantiles=Q, horizons=7, n_origins=2, spacing=7, max_seconds_per_rung=2.0, leak_check="all"
     )
@@ -235,7 +217,7 @@ def _write_history_csv(h: History, path) -> None:
 
 def test_command_line(tmp_path, capsys):
     data = tmp_path / "h.csv.gz"
-    _write_history_csv(seasonal_history(), data)
+    _write_history_csv(seasonal_history(late_first=None, price=None), data)
     parser = argparse.ArgumentParser()
     add_backtest_arguments(parser)
     out = tmp_path / "out"

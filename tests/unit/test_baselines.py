@@ -7,6 +7,7 @@ import dataclasses
 import numpy as np
 import pytest
 import torch
+from histories import PATTERN, seasonal_history
 
 from model.baselines import (
     RUNGS,
@@ -20,37 +21,11 @@ from model.baselines import (
     masked_quantiles,
     rolling_scale,
 )
-from model.history import History, dates_to_buckets
+from model.history import History
 
 torch.set_num_threads(1)
 
 SPEC = ForecastSpec(horizons=10, quantiles=(0.1, 0.5, 0.9), context_length=28, seed=0, max_seconds=3.0)
-PATTERN = np.array([0.0, 1.0, 1.0, 1.5, 2.0, 3.0, 0.5])  # a shop closed one day a week
-
-
-def seasonal_history(n_items: int = 16, n_days: int = 112, noise: bool = True, seed: int = 0) -> History:
-    """Daily demand = level x weekly pattern (Poisson when ``noise``), levels 100x apart, late starts,
-    a few unobserved days and a static store column."""
-    rng = np.random.default_rng(seed)
-    level = np.geomspace(0.5, 50.0, n_items)
-    mean = level[:, None] * PATTERN[np.arange(n_days) % 7][None, :]
-    qty = rng.poisson(mean).astype(np.float32) if noise else mean.astype(np.float32)
-    observed = np.ones((n_items, n_days), dtype=bool)
-    if noise:
-        first = rng.integers(0, 30, n_items)
-        first[0] = 80  # starts late: untracked at early origins
-        observed &= np.arange(n_days)[None, :] >= first[:, None]
-        observed &= rng.random((n_items, n_days)) > 0.03
-    return History(
-        item_ids=np.array([f"sku-{i}" for i in range(n_items)]),
-        freq="D",
-        # 2021-01-04 is a Monday, so column t is weekday t % 7.
-        first_bucket=int(dates_to_buckets(np.array(["2021-01-04"]), "D")[0]),
-        qty=np.where(observed, qty, 0.0).astype(np.float32),
-        observed=observed,
-        price=np.where(observed, 2.0, np.nan).astype(np.float32),
-        static={"store": np.array([f"s{i % 3}" for i in range(n_items)])},
-    )
 
 
 def small(name: str, spec: ForecastSpec = SPEC):
