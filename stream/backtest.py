@@ -71,7 +71,7 @@ def add_backtest_arguments(parser: argparse.ArgumentParser) -> None:
         "--feedback-window",
         type=non_negative_int,
         default=None,
-        help="scored buckets the mqcnn-feedback rung attends over (default: the bucket unit's; 0: none)",
+        help="scored buckets the mqcnn-feedback rung attends over (default 0: the error averages only)",
     )
     parser.add_argument("--no-plots", action="store_true", help="tables only")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")

@@ -187,7 +187,7 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
         "--feedback-window",
         type=non_negative_int,
         default=None,
-        help="scored buckets the decoder attends over (default: the bucket unit's; 0: averages only)",
+        help="scored buckets the decoder attends over (default 0: the error averages only)",
     )
     p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
     p.add_argument(
