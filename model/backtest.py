@@ -69,7 +69,7 @@ class BacktestConfig:
     last_origin: int | None = None  # default: the last whose every horizon lies inside the data
     seed: int = 0
     max_seconds_per_rung: float = 180.0  # fit budget of the rungs that train iteratively
-    calibrate: bool = False  # calibrate the MQ-CNN rungs' quantiles (model/calibrate.py)
+    calibrate: bool = True  # calibrate the MQ-CNN rungs' intervals (model/calibrate.py)
     feedback_window: int | None = None  # scored buckets the feedback rung attends over (None: default)
     leak_check: str = "first"  # "first", "all" (every evaluation origin) or "none"
     volatility_pairs: bool = True  # also forecast at t+1 for every evaluation origin t

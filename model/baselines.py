@@ -63,7 +63,7 @@ class ForecastSpec:
     context_length: int = 56
     seed: int = 0
     max_seconds: float = 180.0  # wall-clock budget of one fit (the rungs that train iteratively)
-    calibrate: bool = False  # MQ-CNN rungs: fit the quantile shifts on held-out targets (model/calibrate.py)
+    calibrate: bool = True  # MQ-CNN rungs: fit the interval's shifts on held-out targets (model/calibrate.py)
     feedback_window: int | None = None  # mqcnn-feedback: scored buckets attended over (None: the default)
 
     def __post_init__(self) -> None:

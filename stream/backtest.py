@@ -64,8 +64,10 @@ def add_backtest_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--calibrate",
-        action="store_true",
-        help="fit a shift per quantile on held-out targets after training the MQ-CNN rungs",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="after training the MQ-CNN rungs, shift every quantile but the median to fit held-out "
+        "targets (default: on)",
     )
     parser.add_argument(
         "--feedback-window",

@@ -192,8 +192,10 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
     p.add_argument(
         "--calibrate",
-        action="store_true",
-        help="after training, fit a shift per quantile on the validation targets (trades wQL for coverage)",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="after training, shift every quantile but the median to fit the validation targets "
+        "(default: on)",
     )
     p.add_argument(
         "--threads", type=positive_int, default=None, help="torch CPU threads (default: all cores)"

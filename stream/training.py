@@ -48,7 +48,7 @@ def train_artifact(
     feedback_stages: int | None = None,
     feedback_window: int | None = None,
     seed: int = 0,
-    calibrate: bool = False,
+    calibrate: bool = True,
     threads: int | None = None,
     device: str = "auto",
     progress: bool = True,

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from model.calibrate import quantile_shifts, weighted_quantile
+from model.calibrate import interval_shifts, quantile_shifts, weighted_quantile
 from model.network import MQCNN, ModelArgs
 
 QUANTILES = (0.1, 0.5, 0.9)
@@ -40,6 +40,18 @@ def test_shifts_undo_a_known_bias_in_scale_units() -> None:
         # A minimum: moving the shift either way costs more.
         for eps in (-0.05, 0.05):
             assert _pinball(actual, fixed[:, j], tau) <= _pinball(actual, fixed[:, j] + eps * scale, tau)
+
+
+def test_interval_shifts_leave_the_median_where_it_is() -> None:
+    rng = np.random.default_rng(1)
+    scale = rng.uniform(1.0, 5.0, 5_000)
+    actual = scale * rng.gamma(2.0, 1.0, scale.size)
+    forecasts = np.sort(rng.uniform(0.0, 3.0, (scale.size, 5)), axis=1) * scale[:, None]
+    levels = (0.05, 0.25, 0.5, 0.75, 0.95)
+    full = quantile_shifts(forecasts, actual, scale, levels)
+    spread = interval_shifts(forecasts, actual, scale, levels)
+    assert spread[2] == 0.0 and full[2] != 0.0
+    np.testing.assert_array_equal(np.delete(spread, 2), np.delete(full, 2))
 
 
 def test_shifts_refuse_mismatched_shapes_and_bad_scales() -> None:

@@ -223,6 +223,9 @@ def test_calibration_sets_the_shifts_it_reports_and_scores_the_model_it_returns(
     # Fitted on the validation cells, the shifts can only lower the loss there.
     assert cal["val_wql_after"] <= cal["val_wql_before"] + 1e-6
     assert report["val_wql"] == pytest.approx(cal["val_wql_after"])
-    # Off (the default), nothing is shifted.
-    _, plain = train(history, ARGS, dataclasses.replace(CFG, epochs=2), progress=False)
-    assert plain["calibration"] == {}
+    assert cal["shifts"][ARGS.quantiles.index(0.5)] == 0.0  # the spread is calibrated, not the level
+    # Off, nothing is shifted.
+    plain_model, plain = train(
+        history, ARGS, dataclasses.replace(CFG, epochs=2, calibrate=False), progress=False
+    )
+    assert plain["calibration"] == {} and not plain_model.quantile_shift.any()
