@@ -155,8 +155,8 @@ class FeedbackAttention(nn.Module):
     plus a learned vector for its age. Slots not yet filled (seen flag 0) are masked out; a learned
     "nothing seen" slot is always there, so a new item gets a defined answer rather than an average
     of blanks. The tokens serve as keys and values as they are: a key projection would fold into the
-    query's and a value projection into the local decoder's first layer, so neither adds anything
-    but cost (they had made training steps half as slow again).
+    query's and a value projection into the local decoder's first layer, so neither would add
+    anything the layers around the attention cannot learn.
     """
 
     def __init__(self, query_dim: int, block: int, window: int, dim: int) -> None:
