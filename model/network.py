@@ -6,13 +6,13 @@ demand level. Global decoder: an MLP that turns the encoding at a forecast origi
 the known future covariates of all horizons, the static embeddings (store, category: pooled across
 items, which is what serves cold start) and the feedback features (realised errors of the item's own
 past forecasts) into one context per horizon plus a horizon-agnostic context. Local decoder: one small
-MLP shared across horizons that maps (horizon context, agnostic context, that horizon's covariates)
-(and, with a ``feedback_window``, what that horizon's query reads from the item's last scored
+MLP shared across horizons that maps (horizon context, agnostic context, that horizon's covariates
+and, with a ``feedback_window``, what that horizon's query reads from the item's last scored
 buckets: a single-head attention over previous forecasts' realised errors, the MQTransformer's
-feedback-aware decoding) to monotone, non-negative quantiles, shifted by the calibration fitted after training
-(``quantile_shift``, ``model/calibrate.py``) and multiplied back by the item's scale. Each horizon's
-known inputs are its calendar plus, with a ``season`` (opt-in), the item's demand one cycle before
-the target (relative to the scale, read from the window: a seasonal-naive input).
+feedback-aware decoding) to monotone, non-negative quantiles, shifted by the calibration fitted
+after training (``quantile_shift``, ``model/calibrate.py``) and multiplied back by the item's scale.
+Each horizon's known inputs are its calendar plus, with a ``season`` (opt-in), the item's demand one
+cycle before the target (relative to the scale, read from the window: a seasonal-naive input).
 
 ``forward_all`` makes a forecast at every time step in one pass (forking sequences, for training);
 ``forward`` is the serving entry and equals ``forward_all`` at the last step of a window of

@@ -120,12 +120,12 @@ def replay_feedback(
 ) -> np.ndarray:
     """Feedback features at every origin of a history, as the serving ledger would have built them.
 
-        ``forecasts`` is float32 [N, T, H, Q]: the forecast made at origin ``t`` (after bucket ``t``
-        closed) for buckets ``t+1..t+H``; NaN where the item was not yet tracked. ``window`` is the number
-    of scored buckets kept one by one (see the module docstring). Returns float32
-        [N, T, F]: the features the forecast at origin ``t`` receives, i.e. after the errors realised at
-        bucket ``t`` were folded in. This is the serving recurrence run over the whole history, so the
-        trainer feeds the network exactly what the service will.
+    ``forecasts`` is float32 [N, T, H, Q]: the forecast made at origin ``t`` (after bucket ``t``
+    closed) for buckets ``t+1..t+H``; NaN where the item was not yet tracked. ``window`` is the
+    number of scored buckets kept one by one (see the module docstring). Returns float32 [N, T, F]:
+    the features the forecast at origin ``t`` receives, i.e. after the errors realised at bucket
+    ``t`` were folded in. This is the serving recurrence run over the whole history, so the trainer
+    feeds the network exactly what the service will.
     """
     n, t_len, h_len, _ = forecasts.shape
     q = np.asarray(quantiles, dtype=np.float32)
