@@ -78,13 +78,13 @@ def run(
         ("items in the closed bucket", f"{closed.rows.size:,}"),
     ]
     n = closed.rows.size
+    ready = inputs_for(closed, "D", cfg.horizons, statics)
+    tensors = [
+        torch.from_numpy(np.ascontiguousarray(getattr(ready, f))).to(predictor.device)
+        for f in ("target", "observed", "past_cov", "future_cov", "static", "feedback")
+    ]
     for b in batch_sizes:
         b = min(b, n)
-        ready = inputs_for(closed, "D", cfg.horizons, statics)
-        tensors = [
-            torch.from_numpy(np.ascontiguousarray(getattr(ready, f))).to(predictor.device)
-            for f in ("target", "observed", "past_cov", "future_cov", "static", "feedback")
-        ]
 
         def forward(b: int = b, tensors: list[torch.Tensor] = tensors) -> None:
             # The same rows as the step, batch by batch: the model reads as much fresh memory.

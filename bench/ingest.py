@@ -84,9 +84,8 @@ def run(n_events: int, n_items: int, partitions: int, rounds: int = 3) -> list[t
 
             return _read_all(bootstrap, topic, n_events, handle)
 
-        # Alternate the two, best of each: the machine is shared, and a slow moment should not
-        # land on one side only.
-        # The middle variant (decoding only) says where our share of the time goes.
+        # Alternate the three, best of each: the machine is shared, and a slow moment should not
+        # land on one side only. The middle variant (decoding only) says where our time goes.
         raw_rates, decode_rates, ours_rates = [], [], []
         for _ in range(rounds):
             raw_rates.append(_read_all(bootstrap, topic, n_events, lambda tp, recs: None))

@@ -1015,19 +1015,11 @@ class MQCNNForecaster:
             (tt.n_items, tt.n_steps, self.args.horizons, len(self.args.quantiles)), np.nan, np.float32
         )
         prev = None
+        replay = self._feedback_fn()
+        assert replay is not None
         for _ in range(self.iterations):
             full[:, since:] = forecast_all(self.model, tt, fb, since=since)
-            fb = np.asarray(
-                self.feedback_replay(
-                    full,
-                    tt.target,
-                    tt.observed > 0,
-                    self.args.context_length,
-                    self.args.quantiles,
-                    self.args.feedback_window,
-                ),
-                dtype=np.float32,
-            )
+            fb = np.asarray(replay(full, tt.target, tt.observed > 0), dtype=np.float32)
             cur = full[:, o].copy()
             if prev is not None:
                 scale = np.nanmean(np.abs(cur)) + 1e-9

@@ -161,13 +161,18 @@ def forecast_all(
     return out
 
 
+def _target_columns(tt: TrainingTensors) -> np.ndarray:
+    """The bucket each (origin, horizon) cell targets, [T, H]."""
+    return np.arange(tt.n_steps)[:, None] + 1 + np.arange(tt.ahead.shape[2])[None, :]
+
+
 def _split_cells(tt: TrainingTensors, v: int) -> tuple[np.ndarray, np.ndarray]:
     """Training cells, and validation cells: targets in the last ``v`` buckets, from origins before them.
 
     No training cell has a target in the last ``v`` buckets, so validation scores unseen demand.
     """
-    t, h = tt.n_steps, tt.ahead.shape[2]
-    target_col = np.arange(t)[:, None] + 1 + np.arange(h)[None, :]
+    t = tt.n_steps
+    target_col = _target_columns(tt)
     in_val = target_col >= t - v
     origin_before = np.arange(t)[:, None] < t - v
     train = tt.mask * (~in_val)[None]
@@ -187,8 +192,8 @@ def feedback_error_gap(
     ``v`` buckets before the validation window (fitted data) and on the validation targets (never
     trained on, as served). A large gap means the feedback features the network trains on describe
     smaller errors than the ones it is served."""
-    t, h = tt.n_steps, tt.ahead.shape[2]
-    target_col = np.arange(t)[:, None] + 1 + np.arange(h)[None, :]
+    t = tt.n_steps
+    target_col = _target_columns(tt)
     recent = ((target_col >= t - 2 * v) & (target_col < t - v))[None]
     out = {}
     for name, cells in (("in_sample_wql", (train_cells > 0) & recent), ("held_out_wql", val_cells > 0)):
