@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import sys
 
-from bench import inference, ingest, latency, recovery, scale
+from bench import inference, ingest, latency, precision, processes, recovery, scale
 
 BENCHMARKS = {
     "ingest": ingest.main,
     "inference": inference.main,
+    "processes": processes.main,
+    "precision": precision.main,
     "latency": latency.main,
     "scale": scale.main,
     "recovery": recovery.main,

@@ -13,6 +13,8 @@ from __future__ import annotations
 import argparse
 import tempfile
 import time
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -23,7 +25,7 @@ from model.export import feedback_window_of
 from state.config import StateConfig
 from state.partition import ClosedBucket, PartitionState
 from stream.batcher import ForecastRequest, chunks, cut_at_batches
-from stream.inference import Predictor
+from stream.inference import PRECISIONS, Predictor
 from stream.inputs import StaticTable, inputs_for
 from stream.pipeline import forecast_pipelined
 from stream.publish import ForecastFormat, encode_forecasts
@@ -48,8 +50,10 @@ def _closed_bucket(n_items: int, cfg: StateConfig) -> tuple[PartitionState, Clos
     return s, closed
 
 
-def _rate(fn, rows: int, min_s: float = 2.0) -> float:
-    fn()  # warm-up
+def rate(fn: Callable[[], None], rows: int, min_s: float = 2.0) -> float:
+    """Rows per second of ``fn`` (which handles ``rows`` rows a call), over at least ``min_s``."""
+    fn()  # warm-up (twice: the TorchScript executor optimises at its second call)
+    fn()
     n, t0 = 0, time.perf_counter()
     while time.perf_counter() - t0 < min_s:
         fn()
@@ -57,83 +61,109 @@ def _rate(fn, rows: int, min_s: float = 2.0) -> float:
     return n * rows / (time.perf_counter() - t0)
 
 
+class Workload:
+    """A partition whose bucket has just closed over ``n_items`` items, and the service's step over
+    it: the model's inputs assembled, the model run in batches, every forecast recorded in the
+    ledger and encoded as its message (everything but the producer's send)."""
+
+    def __init__(self, predictor: Predictor, n_items: int) -> None:
+        meta = predictor.meta
+        self.cfg = StateConfig(
+            context_length=meta["context_length"],
+            horizons=meta["horizons"],
+            quantiles=tuple(meta["quantiles"]),
+            feedback_window=feedback_window_of(meta),
+        )
+        self.state, self.closed = _closed_bucket(n_items, self.cfg)
+        self.rows = self.closed.rows.size
+        self.statics = StaticTable((), 1024)
+        self.fmt = ForecastFormat("D", predictor.version, self.cfg.quantiles, self.cfg.horizons)
+
+    def tensors(self, device: torch.device) -> list[torch.Tensor]:
+        """The model's inputs for every row, ready on ``device`` (for the bare forward)."""
+        ready = inputs_for(self.closed, "D", self.cfg.horizons, self.statics)
+        return [
+            torch.from_numpy(np.ascontiguousarray(getattr(ready, f))).to(device)
+            for f in ("target", "observed", "past_cov", "future_cov", "static", "feedback")
+        ]
+
+    def _publish(self, piece: ClosedBucket, values: np.ndarray) -> None:
+        self.state.record_forecasts(piece.bucket, piece.rows, values)
+        encode_forecasts(self.fmt, piece.item_ids, piece.bucket, values, 0)
+
+    def step(self, predictor: Predictor, batch: int, depth: int = 1) -> None:
+        """The service's own path: pieces of one model batch, each published when it is done."""
+        pieces = cut_at_batches([ForecastRequest(0, self.closed, 0.0, 0.0)], batch)
+        inputs = inputs_for(self.closed, "D", self.cfg.horizons, self.statics)
+        out = np.empty((self.rows, self.cfg.horizons, len(self.cfg.quantiles)), dtype=np.float32)
+        forecast_pipelined(
+            predictor.submit,
+            inputs,
+            out,
+            batch,
+            [p.rows for _, p in pieces],
+            lambda i, values: self._publish(pieces[i][1].closed, values),
+            depth=depth,
+        )
+
+
+def bare_forward(predictor: Predictor, tensors: list[torch.Tensor], batch: int) -> Callable[[], None]:
+    """The scripted forward alone over ready ``tensors``, ``batch`` rows a call, on the model's
+    thread like the service's forwards (one torch thread team)."""
+    n = tensors[0].shape[0]
+
+    def forward() -> None:
+        # The same rows as the step, batch by batch: the model reads as much fresh memory.
+        with torch.inference_mode():
+            for start, stop in chunks(n, batch):
+                predictor.module(*(t[start:stop] for t in tensors))
+        if predictor.device.type == "cuda":
+            torch.cuda.synchronize()
+
+    return lambda: predictor.on_model_thread(forward).result()
+
+
 def run(
-    n_items: int, batch_sizes: list[int], device: str, feedback_window: int | None = None
+    n_items: int,
+    batch_sizes: list[int],
+    device: str,
+    feedback_window: int | None = None,
+    precisions: tuple[str, ...] = ("fp32",),
+    min_s: float = 2.0,
 ) -> list[tuple[str, str]]:
     with tempfile.TemporaryDirectory() as tmp:
-        predictor = Predictor.load(default_model(Path(tmp), feedback_window), device)
-    meta = predictor.meta
-    cfg = StateConfig(
-        context_length=meta["context_length"],
-        horizons=meta["horizons"],
-        quantiles=tuple(meta["quantiles"]),
-        feedback_window=feedback_window_of(meta),
-    )
-    state, closed = _closed_bucket(n_items, cfg)
-    statics = StaticTable((), 1024)
-    fmt = ForecastFormat("D", predictor.version, cfg.quantiles, cfg.horizons)
+        path = default_model(Path(tmp), feedback_window)
+        predictors = {p: Predictor.load(path, device, p) for p in precisions}
+    first = predictors[precisions[0]]
+    work = Workload(first, n_items)
+    n = work.rows
     rows = [
-        ("device", str(predictor.device)),
-        ("feedback window", str(cfg.feedback_window)),
-        ("items in the closed bucket", f"{closed.rows.size:,}"),
+        ("device", str(first.device)),
+        ("feedback window", str(work.cfg.feedback_window)),
+        ("items in the closed bucket", f"{n:,}"),
     ]
-    n = closed.rows.size
-    ready = inputs_for(closed, "D", cfg.horizons, statics)
-    tensors = [
-        torch.from_numpy(np.ascontiguousarray(getattr(ready, f))).to(predictor.device)
-        for f in ("target", "observed", "past_cov", "future_cov", "static", "feedback")
-    ]
-    for b in batch_sizes:
+    tensors = work.tensors(first.device)
+    for (precision, predictor), b in ((pp, b) for pp in predictors.items() for b in batch_sizes):
         b = min(b, n)
-
-        def forward(b: int = b, tensors: list[torch.Tensor] = tensors) -> None:
-            # The same rows as the step, batch by batch: the model reads as much fresh memory.
-            with torch.inference_mode():
-                for start, stop in chunks(n, b):
-                    predictor.module(*(t[start:stop] for t in tensors))
-            if predictor.device.type == "cuda":
-                torch.cuda.synchronize()
-
-        def bare(forward=forward) -> None:
-            # On the model's thread, like the service's forwards (one torch thread team).
-            predictor.on_model_thread(forward).result()
-
-        def publish(piece: ClosedBucket, values: np.ndarray) -> None:
-            state.record_forecasts(piece.bucket, piece.rows, values)
-            encode_forecasts(fmt, piece.item_ids, piece.bucket, values, 0)
-
-        def step(b: int = b, depth: int = 1) -> None:
-            # The service's own path: pieces of one model batch, each published when it is done.
-            pieces = cut_at_batches([ForecastRequest(0, closed, 0.0, 0.0)], b)
-            batch = inputs_for(closed, "D", cfg.horizons, statics)
-            out = np.empty((n, cfg.horizons, len(cfg.quantiles)), dtype=np.float32)
-            forecast_pipelined(
-                predictor.submit,
-                batch,
-                out,
-                b,
-                [p.rows for _, p in pieces],
-                lambda i, values: publish(pieces[i][1].closed, values),
-                depth=depth,
-            )
-
-        bare_rate = _rate(bare, n)
-        seq_rate = _rate(lambda: step(depth=1), n)
-        pipe_rate = _rate(lambda: step(depth=2), n)
-        rows.append((f"batch {b:>6}: bare forward", f"{bare_rate:,.0f} forecasts/s"))
+        tag = f"{precision}, batch {b:>6}"
+        bare_rate = rate(bare_forward(predictor, tensors, b), n, min_s)
+        seq_rate = rate(partial(work.step, predictor, b, 1), n, min_s)
+        pipe_rate = rate(partial(work.step, predictor, b, 2), n, min_s)
+        rows.append((f"{tag}: bare forward", f"{bare_rate:,.0f} forecasts/s"))
         rows.append(
             (
-                f"batch {b:>6}: step, one batch at a time",
+                f"{tag}: step, one batch at a time",
                 f"{seq_rate:,.0f} forecasts/s (ratio {seq_rate / bare_rate:.2f})",
             )
         )
         rows.append(
             (
-                f"batch {b:>6}: step, pipelined (2 queued)",
+                f"{tag}: step, pipelined (2 queued)",
                 f"{pipe_rate:,.0f} forecasts/s (ratio {pipe_rate / bare_rate:.2f})",
             )
         )
-    predictor.close()
+    for predictor in predictors.values():
+        predictor.close()
     return rows
 
 
@@ -148,9 +178,19 @@ def main(argv: list[str] | None = None) -> None:
         default=None,
         help="scored buckets the model attends over (default: its own)",
     )
+    p.add_argument(
+        "--precisions",
+        default="fp32",
+        help="comma-separated dtypes the model's layers compute in: fp32, bf16, fp16 (default: fp32)",
+    )
+    p.add_argument("--seconds", type=float, default=2.0, help="minimum time per figure (default: 2)")
     a = p.parse_args(argv)
     sizes = [int(x) for x in a.batch_sizes.split(",")]
-    rows = run(a.items, sizes, a.device, a.feedback_window)
+    precisions = tuple(x.strip() for x in a.precisions.split(","))
+    unknown = [x for x in precisions if x not in PRECISIONS]
+    if unknown:
+        p.error(f"--precisions: unknown {', '.join(unknown)} (choose from {', '.join(PRECISIONS)})")
+    rows = run(a.items, sizes, a.device, a.feedback_window, precisions, a.seconds)
     print(table(rows, f"Inference ({machine()}, {torch.get_num_threads()} threads)"))
 
 

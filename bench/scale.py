@@ -18,7 +18,7 @@ from bench.common import default_model, machine, table
 from state.config import StateConfig
 from state.partition import ClosedBucket, PartitionState
 from stream.batcher import chunks
-from stream.inference import Predictor
+from stream.inference import PRECISIONS, Predictor
 from stream.inputs import StaticTable, inputs_for
 from stream.publish import ForecastFormat, encode_forecasts
 
@@ -47,9 +47,10 @@ def state_bytes(s: PartitionState) -> tuple[int, int]:
     return held, exact
 
 
-def run(n_items: int, batch: int) -> list[tuple[str, str]]:
+def run(n_items: int, batch: int, device: str = "auto", precision: str = "fp32") -> list[tuple[str, str]]:
     with tempfile.TemporaryDirectory() as tmp:
-        predictor = Predictor.load(default_model(Path(tmp)), "auto")
+        predictor = Predictor.load(default_model(Path(tmp)), device, precision)
+    predictor.warm_up(min(batch, n_items))
     meta = predictor.meta
     cfg = StateConfig(
         context_length=meta["context_length"], horizons=meta["horizons"], quantiles=tuple(meta["quantiles"])
@@ -98,6 +99,7 @@ def run(n_items: int, batch: int) -> list[tuple[str, str]]:
     per_item = (rss1 - rss0) / n_items
     return [
         ("items", f"{n_items:,} in one partition, context {cfg.context_length}, {cfg.horizons} horizons"),
+        ("model", f"{predictor.device}, {predictor.precision}, batch {batch:,}"),
         ("state arrays, exact (raw) bytes per item", f"{exact / n_items:,.0f}"),
         ("state arrays at capacity, bytes per item", f"{held / n_items:,.0f} ({held / exact:.2f}x raw)"),
         (
@@ -116,8 +118,10 @@ def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--items", type=int, default=1_000_000)
     p.add_argument("--batch", type=int, default=1024)
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    p.add_argument("--precision", choices=tuple(PRECISIONS), default="fp32")
     a = p.parse_args(argv)
-    print(table(run(a.items, a.batch), f"Scale ({machine()})"))
+    print(table(run(a.items, a.batch, a.device, a.precision), f"Scale ({machine()})"))
 
 
 if __name__ == "__main__":

@@ -245,6 +245,10 @@ class MQCNN(nn.Module):
         # Calibration: a shift of each quantile, in units of the item's scale, fitted after training on
         # the held-out targets (``model.calibrate``). Zero until then, which changes nothing.
         self.register_buffer("quantile_shift", torch.zeros(len(args.quantiles)))
+        # Reduced-precision serving casts the whole module (``module.to(torch.bfloat16)``); this empty
+        # buffer is cast with it and tells the forward which dtype the layers compute in. Inputs,
+        # item scales and the quantiles in demand units stay float32 (see ``decode``).
+        self.register_buffer("compute_dtype", torch.zeros(0), persistent=False)
         # Seasonal lags: horizon h reads the bucket season * ceil(h / season) before its target,
         # i.e. ``season_lag[h-1]`` buckets before the origin (log1p of demand / scale, observed flag).
         self.season = args.season
@@ -330,7 +334,7 @@ class MQCNN(nn.Module):
                 past_cov * self.past_cov_mask,
             ],
             dim=-1,
-        )
+        ).to(self.compute_dtype.dtype)
 
     def _encode_last(self, x: Tensor) -> Tensor:
         """Encoder state at the last step of a window ``x`` [B, L, C_in] -> [B, C]."""
@@ -379,8 +383,9 @@ class MQCNN(nn.Module):
     ) -> Tensor:
         """Quantiles for N forecasts, one per row: enc [N,C], scale [N], future_cov [N,H,Cf],
         static_emb [N,E], feedback [N,F], seasonal [N,H,2] (``seasonal_inputs``) -> [N,H,Q] in demand
-        units."""
+        units, float32 whatever the dtype the layers compute in."""
         n = enc.shape[0]
+        dtype = self.compute_dtype.dtype
         future_cov = future_cov * self.future_cov_mask
         if self.season > 0:
             lag = torch.log1p(seasonal[..., :1] / scale.reshape(n, 1, 1))
@@ -394,20 +399,22 @@ class MQCNN(nn.Module):
             parts.append(static_emb)
         if self.use_feedback:
             parts.append(feedback[:, : self.feedback_block])
-        g = self.global_mlp(torch.cat(parts, dim=-1))
+        g = self.global_mlp(torch.cat([p.to(dtype) for p in parts], dim=-1))
         split = self.horizons * self.horizon_context
         ctx = g[:, :split].reshape(n, self.horizons, self.horizon_context)
         agnostic = g[:, split:].unsqueeze(1).expand(-1, self.horizons, -1)
-        local = [ctx, agnostic, future_cov]
+        local = [ctx, agnostic, future_cov.to(dtype)]
         if self.fb_attention is not None:
-            local.append(self.fb_attention(ctx, feedback[:, self.feedback_block :]))
-        raw = self.local_mlp(torch.cat(local, dim=-1))
+            local.append(self.fb_attention(ctx, feedback[:, self.feedback_block :].to(dtype)))
+        # The quantiles are assembled in float32: bfloat16 keeps three significant digits, too few
+        # for the sums of increments and shifts that follow and for the product with the scale.
+        raw = self.local_mlp(torch.cat(local, dim=-1)).float()
         # Non-crossing: a free base plus positive increments. Non-negative: the ReLU after it, which
         # also lets low quantiles be exactly zero, as they are for intermittent demand.
         q = raw[..., :1] + torch.cumsum(F.pad(F.softplus(raw[..., 1:]), (1, 0)), dim=-1)
         # The calibration shift applies to what the network forecasts (non-negative, in scale units);
         # the running maximum keeps the quantiles ordered whatever the shifts.
-        q = torch.cummax(F.relu(F.relu(q) + self.quantile_shift), dim=-1).values
+        q = torch.cummax(F.relu(F.relu(q) + self.quantile_shift.float()), dim=-1).values
         return q * scale.reshape(n, 1, 1)
 
     @torch.jit.export

@@ -180,6 +180,25 @@ def _split_cells(tt: TrainingTensors, v: int) -> tuple[np.ndarray, np.ndarray]:
     return train.astype(np.float32), val.astype(np.float32)
 
 
+def held_out_forecasts(
+    model: MQCNN,
+    history: History,
+    args: ModelArgs,
+    validation_buckets: int,
+    device: torch.device | str = "cpu",
+) -> tuple[np.ndarray, np.ndarray]:
+    """The forecasts of ``train``'s held-out cells (targets in the last ``validation_buckets``
+    buckets, from origins before them) and their targets: [M, Q] and [M]. Feedback inputs are zero,
+    as in a model's first training stage."""
+    tt = build_tensors(history, args)
+    _, cells = _split_cells(tt, validation_buckets)
+    since = _first_origin(cells)
+    fb = np.zeros((tt.n_items, tt.n_steps, args.n_feedback), dtype=np.float32)
+    pred = forecast_all(model, tt, fb, device, since=since)
+    ok = cells[:, since:] > 0
+    return pred[ok], tt.ahead[:, since:][ok]
+
+
 def feedback_error_gap(
     forecasts: np.ndarray,
     tt: TrainingTensors,

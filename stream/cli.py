@@ -65,8 +65,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
         cfg = service_config_from_args(args)
     except ValueError as exc:
         raise MqcastError(str(exc)) from exc
+    if cfg.model.torch_threads:
+        import torch
+
+        torch.set_num_threads(cfg.model.torch_threads)
     try:
-        predictor = Predictor.load(resolve_model_path(cfg.model.path), cfg.model.device)
+        predictor = Predictor.load(resolve_model_path(cfg.model.path), cfg.model.device, cfg.model.precision)
     except (ModelError, RuntimeError) as exc:  # a missing or foreign artefact; cuda asked for, absent
         raise MqcastError(str(exc)) from exc
     registry = CollectorRegistry()

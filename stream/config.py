@@ -178,6 +178,10 @@ class ModelServeConfig:
     path: Path = Path("model.pt")
     device: str = "auto"
     bucket: str = "D"
+    #: What the model's layers compute in (``stream.inference.PRECISIONS``); forecasts stay float32.
+    precision: str = "fp32"
+    #: torch's CPU threads for the process; 0 leaves torch's default (one per core).
+    torch_threads: int = 0
 
 
 @dataclass(frozen=True)
@@ -374,6 +378,24 @@ def add_service_arguments(parser: argparse.ArgumentParser) -> None:
     )
     add_env_argument(
         m,
+        "--precision",
+        "PRECISION",
+        choices=("fp32", "bf16", "fp16"),
+        default="fp32",
+        help="what the model's layers compute in; bf16/fp16 pay off on a GPU (`python -m bench precision` "
+        "measures the accuracy they cost)",
+    )
+    add_env_argument(
+        m,
+        "--torch-threads",
+        "TORCH_THREADS",
+        type=non_negative_int,
+        default=0,
+        help="torch CPU threads (0: one per core); on a CPU, one member per core with 1 thread each "
+        "forecasts more than one member with all of them (`python -m bench processes`)",
+    )
+    add_env_argument(
+        m,
         "--bucket",
         "BUCKET",
         choices=("h", "D", "W", "M"),
@@ -468,7 +490,13 @@ def service_config_from_args(args: argparse.Namespace) -> ServiceConfig:
         group_instance_id=args.group_instance_id,
         session_timeout_ms=args.session_timeout,
     )
-    model = ModelServeConfig(path=args.model, device=args.device, bucket=args.bucket)
+    model = ModelServeConfig(
+        path=args.model,
+        device=args.device,
+        bucket=args.bucket,
+        precision=args.precision,
+        torch_threads=args.torch_threads,
+    )
     batcher = BatcherConfig(max_batch=args.max_batch, max_delay_ms=float(args.max_delay))
     metrics = MetricsConfig(
         host=args.metrics_host, port=args.metrics_port, stall_after_s=args.liveness_stall / 1000.0

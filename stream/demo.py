@@ -79,6 +79,12 @@ def add_demo_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--device", choices=("auto", "cpu", "cuda"), default="auto", help="model device (default: auto)"
     )
+    p.add_argument(
+        "--precision",
+        choices=("fp32", "bf16", "fp16"),
+        default="fp32",
+        help="what the model's layers compute in (default: fp32)",
+    )
     add_env_argument(
         p,
         "--metrics-port",
@@ -245,11 +251,11 @@ def _run(args: argparse.Namespace, bootstrap: str, daily: Path, events: Path) ->
     model_path = _model_for_demo(args, daily)
     cfg = ServiceConfig(
         kafka=kafka,
-        model=ModelServeConfig(path=model_path, device=args.device, bucket="D"),
+        model=ModelServeConfig(path=model_path, device=args.device, bucket="D", precision=args.precision),
         batcher=BatcherConfig(max_batch=args.max_batch),
         metrics=MetricsConfig(port=args.metrics_port),
     )
-    predictor = Predictor.load(model_path, args.device)
+    predictor = Predictor.load(model_path, args.device, args.precision)
     quantiles = tuple(float(q) for q in predictor.meta["quantiles"])
     cut = int(bucket_of(np.array([np.datetime64(args.train_until, "ms").astype(np.int64)]), "D")[0])
     plot_items = _pick_plot_items(daily, args.plot_items)
@@ -284,7 +290,7 @@ def _run(args: argparse.Namespace, bootstrap: str, daily: Path, events: Path) ->
     )
     print(
         f"replaying {events.name} to '{kafka.sales_topic}' and forecasting with model {predictor.version} "
-        f"on {predictor.device}",
+        f"on {predictor.device} ({predictor.precision})",
         flush=True,
     )
     t0 = time.monotonic()
@@ -325,6 +331,7 @@ def _run(args: argparse.Namespace, bootstrap: str, daily: Path, events: Path) ->
     summary = {
         "model": predictor.version,
         "device": str(predictor.device),
+        "precision": predictor.precision,
         "train_until": args.train_until,
         "events": stats.events,
         "dead_letters": stats.invalid + stats.late,

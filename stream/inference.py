@@ -12,10 +12,14 @@ from typing import TypeVar
 import numpy as np
 import torch
 
+from model.errors import ArtifactError
 from model.export import load_model
 from stream.inputs import ModelInputs, probe_inputs
 
 T = TypeVar("T")
+
+#: The dtypes the model's layers can compute in (``--precision``). Inputs and forecasts stay float32.
+PRECISIONS: dict[str, torch.dtype] = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def pick_device(choice: str) -> torch.device:
@@ -39,20 +43,33 @@ class Predictor:
     one tensor overlaps the launch of the next; on CPU the numpy arrays are wrapped without a copy.
     """
 
-    def __init__(self, module: torch.jit.ScriptModule, meta: dict, device: torch.device) -> None:
+    def __init__(
+        self, module: torch.jit.ScriptModule, meta: dict, device: torch.device, precision: str = "fp32"
+    ) -> None:
         self.module = module
         self.meta = meta
         self.device = device
+        self.precision = precision
         self._pinned: dict[str, torch.Tensor] = {}
         self._worker: ThreadPoolExecutor | None = None
         self._lock = threading.Lock()
 
     @classmethod
-    def load(cls, path: Path, device: str = "auto") -> Predictor:
-        """Load an artefact onto the chosen device."""
+    def load(cls, path: Path, device: str = "auto", precision: str = "fp32") -> Predictor:
+        """Load an artefact onto the chosen device, its layers computing in ``precision`` (a key of
+        :data:`PRECISIONS`)."""
+        if precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
         dev = pick_device(device)
         module, meta = load_model(path, dev)
-        return cls(module, meta, dev)
+        if precision != "fp32":
+            if not hasattr(module, "compute_dtype"):
+                raise ArtifactError(
+                    f"{path}: exported before reduced-precision serving; export it again "
+                    "(mqcast train) or serve it with --precision fp32"
+                )
+            module.to(PRECISIONS[precision])
+        return cls(module, meta, dev, precision)
 
     @property
     def version(self) -> str:

@@ -103,9 +103,11 @@ class ModelWatcher:
         check_fits: Callable[[dict], None],
         cfg: ReloadConfig,
         on_refused: Callable[[Path, str], None] | None = None,
+        precision: str = "fp32",
     ) -> None:
         self.path = Path(path)
         self.device = device
+        self.precision = precision
         self.current_meta = current_meta
         self.check_fits = check_fits
         self.cfg = cfg
@@ -141,7 +143,7 @@ class ModelWatcher:
         target = Path(sig[0])
         candidate: Predictor | None = None
         try:
-            candidate = Predictor.load(target, self.device)
+            candidate = Predictor.load(target, self.device, self.precision)
             validate_candidate(candidate, self.current_meta, self.check_fits)
             candidate.warm_up(64)  # here, not in the first batch after the swap
         except (ModelError, ModelMismatchError, RuntimeError, ValueError) as exc:

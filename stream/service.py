@@ -196,6 +196,7 @@ class ForecastService:
                 lambda m: check_model_fits(m, cfg),
                 cfg.reload,
                 on_refused=lambda path, reason: self.metrics.model_reloads.labels(result="refused").inc(),
+                precision=cfg.model.precision,
             )
         self._paused = False
         self.batcher = MicroBatcher(cfg.batcher, clock)
@@ -417,7 +418,12 @@ class ForecastService:
 
     def _show_model(self, predictor: Predictor) -> None:
         self.metrics.model.info(
-            {"version": predictor.version, "device": str(predictor.device), "freq": self.state_cfg.freq}
+            {
+                "version": predictor.version,
+                "device": str(predictor.device),
+                "precision": predictor.precision,
+                "freq": self.state_cfg.freq,
+            }
         )
 
     def _forecast(self, requests: list[ForecastRequest]) -> int:

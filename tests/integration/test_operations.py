@@ -82,7 +82,7 @@ def test_new_model_is_swapped_in_between_batches_and_a_bad_one_is_refused(
         total = service.stats.forecasts
         assert _reload_samples(service, "loaded") == 1.0
         info = service.registry.get_sample_value(
-            "mqcast_model_info", {"version": new_version, "device": "cpu", "freq": "D"}
+            "mqcast_model_info", {"version": new_version, "device": "cpu", "precision": "fp32", "freq": "D"}
         )
         assert info == 1.0
     finally:

@@ -28,6 +28,22 @@ def test_environment_sets_defaults_and_flags_win(monkeypatch):
     assert cfg.allowed_lateness_ms == 3_600_000 and cfg.durability.exactly_once
 
 
+def test_precision_comes_from_the_flag_or_the_environment(monkeypatch, capsys):
+    assert service_config_from_args(_serve_args([])).model.precision == "fp32"
+    monkeypatch.setenv("MQCAST_PRECISION", "bf16")
+    assert service_config_from_args(_serve_args([])).model.precision == "bf16"
+    assert service_config_from_args(_serve_args(["--precision", "fp16"])).model.precision == "fp16"
+    with pytest.raises(SystemExit):
+        _serve_args(["--precision", "int8"])
+    assert "invalid choice" in capsys.readouterr().err
+
+
+def test_torch_threads_default_to_torch_and_take_a_count(monkeypatch):
+    assert service_config_from_args(_serve_args([])).model.torch_threads == 0
+    monkeypatch.setenv("MQCAST_TORCH_THREADS", "1")
+    assert service_config_from_args(_serve_args([])).model.torch_threads == 1
+
+
 def test_help_names_each_variable_and_default(capsys):
     with pytest.raises(SystemExit):
         _serve_args(["--help"])

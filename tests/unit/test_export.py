@@ -105,6 +105,20 @@ def test_scripted_model_runs_on_cuda(exported, exported_with_window):
             torch.testing.assert_close(out.cpu(), eager(*x), rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_scripted_model_runs_on_cuda_in_reduced_precision(exported, dtype):
+    model, args, path, _ = exported
+    scripted, _ = load_model(path, "cuda")
+    scripted.to(dtype)
+    x = _window(args, b=64)
+    with torch.no_grad():
+        out = scripted(*(t.cuda() for t in x))
+        reference = model(*x)
+    assert out.dtype == torch.float32
+    assert float((out.cpu() - reference).norm() / reference.norm()) < 3e-2
+
+
 def test_metadata_travels_inside_the_artefact(exported):
     _, args, path, meta = exported
     _, loaded = load_model(path)

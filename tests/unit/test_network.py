@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 
 import numpy as np
@@ -121,6 +122,23 @@ def test_an_empty_batch_gives_an_empty_forecast_eager_and_scripted(window):
     scripted = torch.jit.script(model)
     with torch.no_grad():
         assert model(*x).shape == scripted(*x).shape == (0, 4, len(args.quantiles))
+
+
+@pytest.mark.parametrize("dtype, tolerance", [(torch.bfloat16, 3e-2), (torch.float16, 3e-3)])
+def test_layers_in_reduced_precision_keep_float32_forecasts_close_eager_and_scripted(dtype, tolerance):
+    args = dataclasses.replace(default_args_for("D"), n_static=1, feedback_window=3)
+    model = _model(args)
+    target, observed, past, fut, static, fb = _inputs(args, 6, args.context_length)
+    x = (target * 50.0, observed, past, fut[:, -1], static, fb[:, -1])  # large volumes: the scale stays exact
+    low = copy.deepcopy(model).to(dtype)
+    with torch.no_grad():
+        reference, eager, scripted = model(*x), low(*x), torch.jit.script(low)(*x)
+    assert low.global_mlp[0].weight.dtype == dtype
+    assert eager.dtype == scripted.dtype == torch.float32
+    # Close, but not equal: equal would mean the layers never left float32.
+    assert 0 < float((eager - reference).norm() / reference.norm()) < tolerance
+    torch.testing.assert_close(scripted, eager, rtol=1e-2, atol=1e-2)
+    assert torch.all(eager[..., 1:] >= eager[..., :-1]) and torch.all(eager >= 0)
 
 
 def test_receptive_field_longer_than_the_context_is_refused():

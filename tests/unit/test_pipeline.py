@@ -105,3 +105,23 @@ def test_predictor_runs_every_forward_on_its_own_thread(tiny_model) -> None:
     predictor.close()
     np.testing.assert_array_equal(predictor.predict(probe), direct)  # a closed predictor starts anew
     predictor.close()
+
+
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_predictor_in_reduced_precision_gives_float32_forecasts_close_to_fp32(tiny_model, precision) -> None:
+    full = Predictor.load(tiny_model, "cpu")
+    low = Predictor.load(tiny_model, "cpu", precision)
+    probe = probe_inputs(full.meta, 32)
+    reference, served = full.predict(probe), low.predict(probe)
+    assert low.precision == precision and served.dtype == np.float32
+    # Close, but not equal: equal would mean the layers never left float32.
+    diff = np.linalg.norm(served - reference) / np.linalg.norm(reference)
+    assert 0 < diff < 0.03
+    assert np.all(np.diff(served, axis=-1) >= 0)
+    full.close()
+    low.close()
+
+
+def test_predictor_refuses_an_unknown_precision(tiny_model) -> None:
+    with pytest.raises(ValueError, match="precision must be one of fp32, bf16, fp16"):
+        Predictor.load(tiny_model, "cpu", "int8")

@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# The GPU figures in one go, most important first: the CUDA tests, the inference batch-size curve in
+# each precision, decoder attention on the GPU, several processes sharing the GPU, a 1M-item bucket
+# roll, and what bf16/fp16 cost in accuracy. Each table is printed and kept under OUT_DIR.
+#
+#   bash bench/gpu.sh [OUT_DIR]          (default: runs/gpu)
+#
+# DEVICE=cpu ITEMS=4096 BATCHES=1024 PROCESSES=1,2 ROLL_ITEMS=20000 MINUTES=0.2 runs the same steps
+# small, on a CPU.
+set -uo pipefail
+out=${1:-runs/gpu}
+device=${DEVICE:-cuda}
+items=${ITEMS:-131072}
+batches=${BATCHES:-1024,4096,16384,65536}
+roll_items=${ROLL_ITEMS:-1000000}
+minutes=${MINUTES:-1}
+py=${PYTHON:-python3}
+mkdir -p "$out"
+export PYTHONUNBUFFERED=1
+failed=0
+
+step() {
+    local name=$1
+    shift
+    echo "== $name: $*"
+    "$@" 2>&1 | tee "$out/$name.txt"
+    local rc=${PIPESTATUS[0]}
+    [ "$rc" -eq 0 ] || { echo "== $name failed (exit $rc)"; failed=1; }
+}
+
+if command -v nvidia-smi >/dev/null; then
+    nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv | tee "$out/gpu.txt"
+fi
+step tests "$py" -m pytest -q -p no:cacheprovider tests/unit/test_export.py tests/unit/test_network.py \
+    tests/unit/test_pipeline.py -k "cuda or precision"
+step inference "$py" -m bench inference --device "$device" --items "$items" --batch-sizes "$batches" \
+    --precisions fp32,bf16,fp16 --seconds 1
+step attention "$py" -m bench inference --device "$device" --items "$items" --batch-sizes "${batches##*,}" \
+    --precisions fp32,bf16 --feedback-window 14 --seconds 1
+step processes "$py" -m bench processes --device "$device" --items "$((items * 2))" --batch "${batches##*,}" \
+    --processes "${PROCESSES:-1,2,4,8}"
+step scale "$py" -m bench scale --device "$device" --items "$roll_items" --batch "${batches##*,}"
+step precision "$py" -m bench precision --device "$device" --minutes "$minutes"
+exit $failed

@@ -1,0 +1,127 @@
+"""Processes: several service processes sharing one device, as a consumer group's members on one
+machine share it.
+
+One process's step (gather the inputs, run the model, record, encode) is bound by its CPU work
+once the model runs on a GPU: the device waits for that process most of the time. The service
+scales out by partitions, so the way to fill a GPU is several members of the group on its machine,
+each with its partitions and its own cores. Each process here owns one partition whose bucket has
+just closed over ``items / P`` items, starts at a common barrier and runs the step for a fixed time;
+the figure is the sum of their item-forecasts/s, against one process's bare forward of all the rows
+at the same batch size, measured first in the same run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import multiprocessing as mp
+import os
+import tempfile
+import time
+from multiprocessing.synchronize import Barrier
+from pathlib import Path
+
+import torch
+
+from bench.common import default_model, machine, table
+from bench.inference import Workload, bare_forward, rate
+from stream.inference import PRECISIONS, Predictor
+from stream.pipeline import pipeline_depth
+
+
+def _member(
+    path: str,
+    device: str,
+    precision: str,
+    items: int,
+    batch: int,
+    seconds: float,
+    threads: int,
+    barrier: Barrier,
+    results: mp.Queue,
+) -> None:
+    """One group member: its own model, its own partition, steps until ``seconds`` have passed."""
+    torch.set_num_threads(threads)
+    predictor = Predictor.load(Path(path), device, precision)
+    work = Workload(predictor, items)
+    depth = pipeline_depth(predictor.device.type)
+    for _ in range(2):  # warm-up: the executor's optimisation, the pinned buffers, the kernels
+        work.step(predictor, batch, depth)
+    barrier.wait()
+    n, t0 = 0, time.perf_counter()
+    while time.perf_counter() - t0 < seconds:
+        work.step(predictor, batch, depth)
+        n += work.rows
+    results.put(n / (time.perf_counter() - t0))
+    predictor.close()
+
+
+def run(
+    n_items: int, processes: list[int], batch: int, device: str, precision: str, seconds: float
+) -> list[tuple[str, str]]:
+    cores = os.cpu_count() or 1
+    with tempfile.TemporaryDirectory() as tmp:
+        path = default_model(Path(tmp))
+        predictor = Predictor.load(path, device, precision)
+        work = Workload(predictor, n_items)
+        bare = rate(bare_forward(predictor, work.tensors(predictor.device), batch), work.rows, seconds)
+        predictor.close()
+        rows = [
+            ("device", f"{predictor.device}, {precision}, batch {batch:,}"),
+            ("items, all processes together", f"{work.rows:,}"),
+            ("bare forward, one process", f"{bare:,.0f} forecasts/s"),
+        ]
+        # CUDA cannot be initialised again in a forked child.
+        ctx = mp.get_context("spawn")
+        for p in processes:
+            barrier, results = ctx.Barrier(p), ctx.Queue()
+            members = [
+                ctx.Process(
+                    target=_member,
+                    args=(
+                        str(path),
+                        device,
+                        precision,
+                        n_items // p,
+                        batch,
+                        seconds,
+                        max(1, cores // p),
+                        barrier,
+                        results,
+                    ),
+                )
+                for _ in range(p)
+            ]
+            for m in members:
+                m.start()
+            rates = [results.get(timeout=600) for _ in members]
+            for m in members:
+                m.join()
+            total, threads = sum(rates), max(1, cores // p)
+            who = f"{p} process{'es' if p > 1 else ''} ({threads} thread{'s' if threads > 1 else ''} each)"
+            rows.append(
+                (
+                    f"step, {who}",
+                    f"{total:,.0f} forecasts/s (ratio {total / bare:.2f})",
+                )
+            )
+    return rows
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("--items", type=int, default=131_072, help="items over all processes (default: 131072)")
+    p.add_argument("--processes", default="1,2", help="comma-separated process counts (default: 1,2)")
+    p.add_argument("--batch", type=int, default=16_384, help="rows per model call (default: 16384)")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    p.add_argument("--precision", choices=tuple(PRECISIONS), default="fp32")
+    p.add_argument("--seconds", type=float, default=3.0, help="time each figure runs (default: 3)")
+    a = p.parse_args(argv)
+    counts = [int(x) for x in a.processes.split(",")]
+    if any(c < 1 for c in counts):
+        p.error("--processes: counts must be >= 1")
+    rows = run(a.items, counts, a.batch, a.device, a.precision, a.seconds)
+    print(table(rows, f"Processes sharing one device ({machine()})"))
+
+
+if __name__ == "__main__":
+    main()
