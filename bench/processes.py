@@ -24,7 +24,7 @@ import torch
 
 from bench.common import default_model, machine, table
 from bench.inference import Workload, bare_forward, rate
-from stream.inference import PRECISIONS, Predictor
+from stream.inference import PRECISIONS, Predictor, pick_device
 from stream.pipeline import pipeline_depth
 
 
@@ -109,9 +109,11 @@ def run(
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__)
-    p.add_argument("--items", type=int, default=131_072, help="items over all processes (default: 131072)")
+    p.add_argument("--items", type=int, default=65_536, help="items over all processes (default: 65536)")
     p.add_argument("--processes", default="1,2", help="comma-separated process counts (default: 1,2)")
-    p.add_argument("--batch", type=int, default=16_384, help="rows per model call (default: 16384)")
+    p.add_argument(
+        "--batch", type=int, default=None, help="rows per model call (default: 16384 on a GPU, 1024 on a CPU)"
+    )
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     p.add_argument("--precision", choices=tuple(PRECISIONS), default="fp32")
     p.add_argument("--seconds", type=float, default=3.0, help="time each figure runs (default: 3)")
@@ -119,7 +121,8 @@ def main(argv: list[str] | None = None) -> None:
     counts = [int(x) for x in a.processes.split(",")]
     if any(c < 1 for c in counts):
         p.error("--processes: counts must be >= 1")
-    rows = run(a.items, counts, a.batch, a.device, a.precision, a.seconds)
+    batch = a.batch or (16_384 if pick_device(a.device).type == "cuda" else 1024)
+    rows = run(a.items, counts, batch, a.device, a.precision, a.seconds)
     print(table(rows, f"Processes sharing one device ({machine()})"))
 
 
