@@ -41,6 +41,9 @@ class Predictor:
 
     On CUDA the inputs are staged in pinned host buffers and copied without blocking, so the copy of
     one tensor overlaps the launch of the next; on CPU the numpy arrays are wrapped without a copy.
+
+    ``precision`` other than fp32 casts the module's weights; the network keeps its inputs, item
+    scales and forecasts in float32 itself, so callers see no difference but the rounding.
     """
 
     def __init__(

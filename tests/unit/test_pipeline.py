@@ -125,3 +125,23 @@ def test_predictor_in_reduced_precision_gives_float32_forecasts_close_to_fp32(ti
 def test_predictor_refuses_an_unknown_precision(tiny_model) -> None:
     with pytest.raises(ValueError, match="precision must be one of fp32, bf16, fp16"):
         Predictor.load(tiny_model, "cpu", "int8")
+
+
+def test_reduced_precision_refuses_an_artefact_exported_before_it(tiny_model, tmp_path) -> None:
+    import json
+
+    import torch
+
+    from model.errors import ArtifactError
+    from model.export import _META_FILE, load_model
+
+    class Older(torch.nn.Module):  # no compute_dtype buffer, as artefacts exported before it
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return x
+
+    _, meta = load_model(tiny_model)
+    older = tmp_path / "older.pt"
+    torch.jit.save(torch.jit.script(Older()), str(older), _extra_files={_META_FILE: json.dumps(meta)})
+    assert Predictor.load(older, "cpu").precision == "fp32"
+    with pytest.raises(ArtifactError, match="exported before reduced-precision serving"):
+        Predictor.load(older, "cpu", "bf16")
