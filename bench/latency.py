@@ -2,26 +2,32 @@
 
 A replay process sends events for ``--items`` items, every item selling every day, with event time
 running ``--days-per-second`` days per wall second; so ``items x days-per-second`` item-buckets close
-per second. The service runs in this process on a 4-partition topic; each partition's closed bucket
-counts from the moment it closed to the broker's acknowledgement of its last forecast. Several
-loads (``--items 2500,5000,10000``) give a latency curve, one table each, against one broker.
+per second. The service runs on a 4-partition topic, as ``--members`` members of one consumer group
+(each its own process, sharing the cores); each partition's closed bucket counts from the moment it
+closed to the broker's acknowledgement of its last forecast. Several loads (``--items
+2500,5000,10000``) give a latency curve, one table each, against one broker.
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
+import multiprocessing as mp
+import os
 import subprocess
 import sys
 import tempfile
 import time
+from multiprocessing.synchronize import Barrier, Event
 from pathlib import Path
 
 import numpy as np
+import torch
 from kafka import KafkaProducer
 from prometheus_client import CollectorRegistry
 
 from bench.common import bootstrap_server, default_model, machine, table
+from model.export import load_model
 from stream.batcher import BatcherConfig
 from stream.config import (
     DurabilityConfig,
@@ -32,11 +38,12 @@ from stream.config import (
     positive_int,
 )
 from stream.inference import Predictor
-from stream.publish import encode_forecasts
+from stream.publish import ForecastFormat, encode_forecasts
 from stream.service import ForecastService, ServiceObserver
 from stream.topics import ensure_topics, service_topics
 
 DAY = 86_400_000
+PARTITIONS = 4
 
 
 class Latencies(ServiceObserver):
@@ -62,14 +69,39 @@ def _write_events(path: Path, items: int, days: int) -> int:
     return n
 
 
+def _member(cfg: ServiceConfig, threads: int, ready: Barrier, stop: Event, results: mp.Queue) -> None:
+    """One member of the group in its own process: joins, waits for the others, then serves until
+    ``stop``; reports its latencies, counts and the first and last moments it read events."""
+    torch.set_num_threads(threads)
+    obs = Latencies()
+    service = ForecastService(cfg, Predictor.load(cfg.model.path, "auto"), CollectorRegistry(), observer=obs)
+    deadline = time.monotonic() + 120
+    while not service.consumer.assignment() and time.monotonic() < deadline:
+        service.poll_once()
+    ready.wait(timeout=180)
+    first = last = None
+    while not stop.is_set():
+        if service.poll_once():
+            first, last = first or time.monotonic(), time.monotonic()
+    service.close()
+    results.put((obs.values, service.stats.events, service.stats.forecasts, first, last))
+
+
 def run(
-    bootstrap: str, items: int, days: int, days_per_second: float, max_batch: int, max_delay_ms: float
+    bootstrap: str,
+    items: int,
+    days: int,
+    days_per_second: float,
+    max_batch: int,
+    max_delay_ms: float,
+    members: int = 1,
 ) -> list[tuple[str, str]]:
-    """One load: ``items`` items closing ``days_per_second`` times a second, for ``days`` days."""
+    """One load: ``items`` items closing ``days_per_second`` times a second, for ``days`` days,
+    served by ``members`` members of one consumer group, each in its own process."""
     with tempfile.TemporaryDirectory() as tmp:
         events = Path(tmp) / "events.csv"
         n_events = _write_events(events, items, days)
-        suffix = f"{int(time.time())}-{items}"
+        suffix = f"{int(time.time())}-{items}-{members}"
         kafka = KafkaConfig(
             bootstrap=bootstrap,
             sales_topic=f"lat-sales-{suffix}",
@@ -78,7 +110,8 @@ def run(
             group_id=f"lat-{suffix}",
         )
         ensure_topics(
-            bootstrap, service_topics(kafka.sales_topic, kafka.forecast_topic, kafka.dead_letter_topic, 4)
+            bootstrap,
+            service_topics(kafka.sales_topic, kafka.forecast_topic, kafka.dead_letter_topic, PARTITIONS),
         )
         model = default_model(Path(tmp))
         cfg = ServiceConfig(
@@ -88,11 +121,18 @@ def run(
             metrics=MetricsConfig(port=0),
             durability=DurabilityConfig(changelog=False),
         )
-        obs = Latencies()
-        service = ForecastService(cfg, Predictor.load(model, "auto"), CollectorRegistry(), observer=obs)
-        # Join the group before the load starts, so the first second is not a rebalance.
-        for _ in range(20):
-            service.poll_once()
+        # Spawned, not forked: a forked child would inherit torch's and the client's threads' state.
+        ctx = mp.get_context("spawn")
+        ready, stop, results = ctx.Barrier(members + 1), ctx.Event(), ctx.Queue()
+        threads = max(1, (os.cpu_count() or 1) // members)
+        procs = [
+            ctx.Process(target=_member, args=(cfg, threads, ready, stop, results)) for _ in range(members)
+        ]
+        for proc in procs:
+            proc.start()
+        # Every member has joined; a few seconds more let the last rebalance finish before the load.
+        ready.wait(timeout=180)
+        time.sleep(5)
         replay = subprocess.Popen(
             [
                 sys.executable,
@@ -111,34 +151,42 @@ def run(
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
         )
-        t0 = time.monotonic()
-        first = last = idle = None
-        while True:
-            n = service.poll_once()
-            if n:
-                first, last, idle = first or time.monotonic(), time.monotonic(), None
-            elif replay.poll() is not None:
-                idle = idle or time.monotonic()
-                if time.monotonic() - idle > 3:
-                    break
-        service.close()
+        replay.wait(timeout=days / days_per_second + 600)
+        time.sleep(3)
+        stop.set()
+        reports = [results.get(timeout=120) for _ in procs]
+        for proc in procs:
+            proc.join(timeout=60)
         if replay.returncode:
             raise SystemExit(replay.stderr.read().decode() if replay.stderr else "replay failed")
-        elapsed = (last or t0) - (first or t0)
-        floor_ms = _bare_producer_ms(bootstrap, kafka.forecast_topic, items, _forecast_message(service))
-    lat = np.array(obs.values) * 1000
-    closes_per_s = service.stats.forecasts / elapsed
+        firsts = [r[3] for r in reports if r[3] is not None]
+        lasts = [r[4] for r in reports if r[4] is not None]
+        elapsed = max(lasts) - min(firsts) if firsts else float("nan")
+        n_read = sum(r[1] for r in reports)
+        n_forecasts = sum(r[2] for r in reports)
+        floor_ms = _bare_producer_ms(bootstrap, kafka.forecast_topic, items, _forecast_message(model))
+    lat = np.concatenate([np.asarray(r[0], dtype=np.float64) for r in reports]) * 1000
     return [
         (
             "load",
             f"{items:,} items x {days} days, {days_per_second:g} days/s -> {items * days_per_second:,.0f} "
             "item-buckets closing per s",
         ),
-        ("events", f"{n_events:,} in {elapsed:.1f} s ({service.stats.events / elapsed:,.0f}/s)"),
-        ("forecasts published", f"{service.stats.forecasts:,} ({closes_per_s:,.0f}/s)"),
+        (
+            "members",
+            f"{members} process{'es' if members > 1 else ''}, {threads} torch thread(s) each, "
+            f"{PARTITIONS} partitions",
+        ),
+        ("events", f"{n_read:,} of {n_events:,} in {elapsed:.1f} s ({n_read / elapsed:,.0f}/s)"),
+        ("forecasts published", f"{n_forecasts:,} ({n_forecasts / elapsed:,.0f}/s)"),
         ("micro-batches", f"{lat.size:,} (max {max_batch}, max delay {max_delay_ms:g} ms)"),
         ("close -> ack latency p50", f"{np.percentile(lat, 50):.0f} ms"),
         ("close -> ack latency p99 (target < 250 ms)", f"{np.percentile(lat, 99):.0f} ms"),
+        (
+            "close -> ack latency p90 / max; slowest five",
+            f"{np.percentile(lat, 90):.0f} / {lat.max():.0f} ms; "
+            + ", ".join(f"{x:.0f}" for x in np.sort(lat)[-5:][::-1]),
+        ),
         (
             f"bare producer: {items:,} forecast messages sent and acked",
             f"{floor_ms:.0f} ms (p99 / this: {np.percentile(lat, 99) / floor_ms:.1f})",
@@ -146,9 +194,10 @@ def run(
     ]
 
 
-def _forecast_message(service: ForecastService) -> bytes:
+def _forecast_message(model: Path) -> bytes:
     """One forecast message as the service writes them (the bare producer sends copies of it)."""
-    fmt = service.format
+    meta = load_model(model)[1]
+    fmt = ForecastFormat("D", str(meta["version"]), tuple(meta["quantiles"]), int(meta["horizons"]))
     values = np.linspace(0.0, 9.0, fmt.horizons * len(fmt.quantiles), dtype=np.float32)
     values = values.reshape(fmt.horizons, len(fmt.quantiles)) + np.random.default_rng(0).random(1, np.float32)
     return encode_forecasts(fmt, ["item-0000"], 0, values[None], int(time.time() * 1000))[0]
@@ -187,12 +236,21 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--days-per-second", type=float, default=1.0)
     p.add_argument("--max-batch", type=positive_int, default=1024)
     p.add_argument("--max-delay-ms", type=float, default=20.0)
+    p.add_argument(
+        "--members",
+        type=lambda text: [positive_int(x) for x in text.split(",")],
+        default=[1],
+        help=f"group members (processes), or a comma-separated list; at most {PARTITIONS} (default: 1)",
+    )
     a = p.parse_args(argv)
+    if max(a.members) > PARTITIONS:
+        p.error(f"--members: at most {PARTITIONS}, one partition each")
     with bootstrap_server() as bootstrap:
         for items in a.items:
-            rows = run(bootstrap, items, a.days, a.days_per_second, a.max_batch, a.max_delay_ms)
-            print(table(rows, f"End-to-end latency, {items:,} items ({machine()})"))
-            print()
+            for members in a.members:
+                rows = run(bootstrap, items, a.days, a.days_per_second, a.max_batch, a.max_delay_ms, members)
+                print(table(rows, f"End-to-end latency, {items:,} items, {members} member(s) ({machine()})"))
+                print()
 
 
 if __name__ == "__main__":
