@@ -33,13 +33,19 @@ def seasonal_history(
         observed &= np.arange(n_days)[None, :] >= first[:, None]
         observed &= rng.random((n_items, n_days)) > 0.03
     prices = np.where(observed, np.nan if price is None else price, np.nan).astype(np.float32)
+    return daily_history(qty, observed, prices)
+
+
+def daily_history(qty: np.ndarray, observed: np.ndarray, price: np.ndarray) -> History:
+    """A daily :class:`History` of ``qty`` [items, days] from Monday 2021-01-04 on, so column t is
+    weekday t % 7; items ``sku-i`` in three stores; unobserved days hold no demand."""
+    n_items = qty.shape[0]
     return History(
         item_ids=np.array([f"sku-{i}" for i in range(n_items)]),
         freq="D",
-        # 2021-01-04 is a Monday, so column t is weekday t % 7.
         first_bucket=int(dates_to_buckets(np.array(["2021-01-04"]), "D")[0]),
         qty=np.where(observed, qty, 0.0).astype(np.float32),
         observed=observed,
-        price=prices,
+        price=price,
         static={"store": np.array([f"s{i % 3}" for i in range(n_items)])},
     )

@@ -8,10 +8,11 @@ import dataclasses
 import numpy as np
 import pytest
 import torch
+from histories import daily_history
 
 from model.dataset import build_tensors
 from model.features import calendar_features
-from model.history import History, bucket_start_ms, dates_to_buckets
+from model.history import History, bucket_start_ms
 from model.metrics import weighted_quantile_loss
 from model.network import ModelArgs
 from model.train import TrainConfig, _split_cells, feedback_error_gap, forecast_all, train
@@ -28,22 +29,13 @@ def weekly_history(n_items: int = 40, n_days: int = 98, seed: int = 0) -> Histor
     and a few unobserved days."""
     rng = np.random.default_rng(seed)
     level = rng.choice([0.5, 4.0, 40.0], n_items)
-    dow = np.array([0.2, 1.0, 1.0, 1.2, 1.6, 2.4, 0.6])
-    # 2021-01-04 is a Monday: column t is weekday t % 7.
+    dow = np.array([0.2, 1.0, 1.0, 1.2, 1.6, 2.4, 0.6])  # daily_history starts on a Monday
     qty = rng.poisson(level[:, None] * dow[np.arange(n_days) % 7][None, :]).astype(np.float32)
     first = rng.integers(0, 21, n_items)
     observed = np.arange(n_days)[None, :] >= first[:, None]
     observed &= rng.random((n_items, n_days)) > 0.02
     price = np.where(observed, rng.uniform(1, 5, n_items)[:, None], np.nan).astype(np.float32)
-    return History(
-        item_ids=np.array([f"sku-{i}" for i in range(n_items)]),
-        freq="D",
-        first_bucket=int(dates_to_buckets(np.array(["2021-01-04"]), "D")[0]),
-        qty=np.where(observed, qty, 0.0).astype(np.float32),
-        observed=observed,
-        price=price,
-        static={"store": np.array([f"s{i % 3}" for i in range(n_items)])},
-    )
+    return daily_history(qty, observed, price)
 
 
 @pytest.fixture(scope="module")
