@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import os
 import platform
@@ -79,3 +80,15 @@ def default_model(tmp: Path, feedback_window: int | None = None) -> Path:
     }
     export_model(MQCNN(args).eval(), args, path, meta)
     return path
+
+
+def precision_list(text: str) -> tuple[str, ...]:
+    """An argparse type: comma-separated precisions (``stream.inference.PRECISIONS`` keys), in order."""
+    from stream.inference import PRECISIONS
+
+    chosen = tuple(x.strip() for x in text.split(","))
+    unknown = [x for x in chosen if x not in PRECISIONS]
+    if unknown:
+        choices = ", ".join(PRECISIONS)
+        raise argparse.ArgumentTypeError(f"unknown {', '.join(unknown)} (choose from {choices})")
+    return chosen

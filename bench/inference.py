@@ -20,12 +20,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from bench.common import default_model, machine, table
+from bench.common import default_model, machine, precision_list, table
 from model.export import feedback_window_of
 from state.config import StateConfig
 from state.partition import ClosedBucket, PartitionState
 from stream.batcher import ForecastRequest, chunks, cut_at_batches
-from stream.inference import PRECISIONS, Predictor
+from stream.inference import Predictor
 from stream.inputs import StaticTable, inputs_for
 from stream.pipeline import forecast_pipelined
 from stream.publish import ForecastFormat, encode_forecasts
@@ -180,17 +180,14 @@ def main(argv: list[str] | None = None) -> None:
     )
     p.add_argument(
         "--precisions",
+        type=precision_list,
         default="fp32",
         help="comma-separated dtypes the model's layers compute in: fp32, bf16, fp16 (default: fp32)",
     )
     p.add_argument("--seconds", type=float, default=2.0, help="minimum time per figure (default: 2)")
     a = p.parse_args(argv)
     sizes = [int(x) for x in a.batch_sizes.split(",")]
-    precisions = tuple(x.strip() for x in a.precisions.split(","))
-    unknown = [x for x in precisions if x not in PRECISIONS]
-    if unknown:
-        p.error(f"--precisions: unknown {', '.join(unknown)} (choose from {', '.join(PRECISIONS)})")
-    rows = run(a.items, sizes, a.device, a.feedback_window, precisions, a.seconds)
+    rows = run(a.items, sizes, a.device, a.feedback_window, a.precisions, a.seconds)
     print(table(rows, f"Inference ({machine()}, {torch.get_num_threads()} threads)"))
 
 

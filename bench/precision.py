@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from bench.common import machine, table
+from bench.common import machine, precision_list, table
 from model.history import read_history
 from model.metrics import coverage, weighted_quantile_loss
 from model.network import default_args_for
@@ -78,18 +78,15 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--device", default="auto", help="where to train and forecast (default: auto)")
     p.add_argument(
         "--precisions",
+        type=precision_list,
         default="fp32,bf16,fp16",
         help="comma-separated, the reference first (default: fp32,bf16,fp16)",
     )
     p.add_argument("--seed", type=int, default=0)
     a = p.parse_args(argv)
-    precisions = tuple(x.strip() for x in a.precisions.split(","))
-    unknown = [x for x in precisions if x not in PRECISIONS]
-    if unknown:
-        p.error(f"--precisions: unknown {', '.join(unknown)} (choose from {', '.join(PRECISIONS)})")
     if not a.data.is_file():
         p.error(f"--data: no such file {a.data}")
-    rows = run(a.data, a.minutes, a.device, precisions, a.seed)
+    rows = run(a.data, a.minutes, a.device, a.precisions, a.seed)
     print(table(rows, f"Precision ({machine()}, {torch.get_num_threads()} threads)"))
 
 
