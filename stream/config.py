@@ -382,8 +382,8 @@ def add_service_arguments(parser: argparse.ArgumentParser) -> None:
         "PRECISION",
         choices=("fp32", "bf16", "fp16"),
         default="fp32",
-        help="what the model's layers compute in; bf16/fp16 pay off on a GPU (`python -m bench precision` "
-        "measures the accuracy they cost)",
+        help="what the model's layers compute in; forecasts stay float32 (`python -m bench inference "
+        "--precisions` and `python -m bench precision` measure the speed and accuracy of each)",
     )
     add_env_argument(
         m,
