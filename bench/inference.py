@@ -106,6 +106,28 @@ class Workload:
             depth=depth,
         )
 
+    def parts(self, predictor: Predictor, batch: int, rounds: int = 3) -> dict[str, float]:
+        """µs per forecast of each part of the step, run one after another (best of ``rounds``):
+        input assembly, the model (batches through the predictor, copies included), the ledger and
+        the JSON of the messages."""
+        best: dict[str, float] = {}
+        for _ in range(rounds):
+            t0 = time.perf_counter()
+            inputs = inputs_for(self.closed, "D", self.cfg.horizons, self.statics)
+            t1 = time.perf_counter()
+            out = np.empty((self.rows, self.cfg.horizons, len(self.cfg.quantiles)), dtype=np.float32)
+            for start, stop in chunks(self.rows, batch):
+                out[start:stop] = predictor.predict(inputs.slice(start, stop))
+            t2 = time.perf_counter()
+            self.state.record_forecasts(self.closed.bucket, self.closed.rows, out)
+            t3 = time.perf_counter()
+            encode_forecasts(self.fmt, self.closed.item_ids, self.closed.bucket, out, 0)
+            t4 = time.perf_counter()
+            times = {"inputs": t1 - t0, "model": t2 - t1, "ledger": t3 - t2, "JSON": t4 - t3}
+            for k, v in times.items():
+                best[k] = min(best.get(k, float("inf")), v * 1e6 / self.rows)
+        return best
+
 
 def bare_forward(predictor: Predictor, tensors: list[torch.Tensor], batch: int) -> Callable[[], None]:
     """The scripted forward alone over ready ``tensors``, ``batch`` rows a call, on the model's
@@ -149,7 +171,14 @@ def run(
         bare_rate = rate(bare_forward(predictor, tensors, b), n, min_s)
         seq_rate = rate(partial(work.step, predictor, b, 1), n, min_s)
         pipe_rate = rate(partial(work.step, predictor, b, 2), n, min_s)
+        split = work.parts(predictor, b)
         rows.append((f"{tag}: bare forward", f"{bare_rate:,.0f} forecasts/s"))
+        rows.append(
+            (
+                f"{tag}: step's parts, µs per forecast",
+                " / ".join(f"{k} {v:.2f}" for k, v in split.items()),
+            )
+        )
         rows.append(
             (
                 f"{tag}: step, one batch at a time",
