@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import gc
 import multiprocessing as mp
 import os
 import subprocess
@@ -46,6 +47,21 @@ DAY = 86_400_000
 PARTITIONS = 4
 
 
+class CollectorPauses:
+    """Times every pass of Python's garbage collector in this process (``gc.callbacks``)."""
+
+    def __init__(self) -> None:
+        self.passes: list[tuple[int, float]] = []  # (generation, seconds)
+        self._start = 0.0
+        gc.callbacks.append(self._on_pass)
+
+    def _on_pass(self, phase: str, info: dict) -> None:
+        if phase == "start":
+            self._start = time.perf_counter()
+        else:
+            self.passes.append((int(info["generation"]), time.perf_counter() - self._start))
+
+
 class Latencies(ServiceObserver):
     def __init__(self) -> None:
         self.values: list[float] = []
@@ -73,18 +89,20 @@ def _member(cfg: ServiceConfig, threads: int, ready: Barrier, stop: Event, resul
     """One member of the group in its own process: joins, waits for the others, then serves until
     ``stop``; reports its latencies, counts and the first and last moments it read events."""
     torch.set_num_threads(threads)
+    pauses = CollectorPauses()
     obs = Latencies()
     service = ForecastService(cfg, Predictor.load(cfg.model.path, "auto"), CollectorRegistry(), observer=obs)
     deadline = time.monotonic() + 120
     while not service.consumer.assignment() and time.monotonic() < deadline:
         service.poll_once()
     ready.wait(timeout=180)
+    pauses.passes.clear()  # the load's passes only
     first = last = None
     while not stop.is_set():
         if service.poll_once():
             first, last = first or time.monotonic(), time.monotonic()
     service.close()
-    results.put((obs.values, service.stats.events, service.stats.forecasts, first, last))
+    results.put((obs.values, service.stats.events, service.stats.forecasts, first, last, pauses.passes))
 
 
 def run(
@@ -166,6 +184,8 @@ def run(
         n_forecasts = sum(r[2] for r in reports)
         floor_ms = _bare_producer_ms(bootstrap, kafka.forecast_topic, items, _forecast_message(model))
     lat = np.concatenate([np.asarray(r[0], dtype=np.float64) for r in reports]) * 1000
+    passes = [p for r in reports for p in r[5]]
+    full = sorted((sec * 1000 for gen, sec in passes if gen == 2), reverse=True)
     return [
         (
             "load",
@@ -186,6 +206,11 @@ def run(
             "close -> ack latency p90 / max; slowest five",
             f"{np.percentile(lat, 90):.0f} / {lat.max():.0f} ms; "
             + ", ".join(f"{x:.0f}" for x in np.sort(lat)[-5:][::-1]),
+        ),
+        (
+            "garbage collector during the load, all members",
+            f"{len(passes):,} passes, {sum(sec for _, sec in passes) * 1000:,.0f} ms in all; "
+            f"{len(full)} full, longest " + ", ".join(f"{x:.0f}" for x in full[:5]) + " ms",
         ),
         (
             f"bare producer: {items:,} forecast messages sent and acked",
