@@ -270,8 +270,9 @@ class ForecastService:
             self.watcher.start()
         # What is loaded by now (torch's modules above all, the model, the clients: some 200k objects)
         # lives as long as the process. Left in the collector's oldest generation, every full pass
-        # walked all of it: 100-160 ms a pass, about once every three seconds at 10k events/s, in
-        # the middle of whichever bucket was being forecast. Frozen, a full pass takes a few ms.
+        # walked all of it: 80 ms and more a pass, every few seconds at 10k events/s, in the middle
+        # of whichever bucket was being forecast. Frozen, a full pass takes a few ms (`python -m
+        # bench latency` times them).
         gc.collect()
         gc.freeze()
 
