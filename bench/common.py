@@ -6,7 +6,10 @@ import argparse
 import contextlib
 import os
 import platform
+import queue
+import time
 from collections.abc import Iterator
+from multiprocessing.process import BaseProcess
 from pathlib import Path
 
 import numpy as np
@@ -92,3 +95,24 @@ def precision_list(text: str) -> tuple[str, ...]:
         choices = ", ".join(PRECISIONS)
         raise argparse.ArgumentTypeError(f"unknown {', '.join(unknown)} (choose from {choices})")
     return chosen
+
+
+def gather(results: queue.Queue, members: list[BaseProcess], timeout_s: float) -> list:
+    """One message from each of ``members`` through ``results``, in arrival order. A member that
+    dies first, or silence for ``timeout_s``, stops the benchmark with a message saying so."""
+    got: list = []
+    deadline = time.monotonic() + timeout_s
+    while len(got) < len(members):
+        try:
+            got.append(results.get(timeout=1.0))
+        except queue.Empty:
+            failed = [m.exitcode for m in members if m.exitcode not in (None, 0)]
+            if failed:
+                raise SystemExit(
+                    f"{len(failed)} member process(es) failed (exit code {failed[0]}); see above"
+                ) from None
+            if time.monotonic() > deadline:
+                raise SystemExit(
+                    f"no word from {len(members) - len(got)} member(s) in {timeout_s:.0f} s"
+                ) from None
+    return got

@@ -19,7 +19,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from multiprocessing.synchronize import Barrier, Event
+from multiprocessing.synchronize import Event
 from pathlib import Path
 
 import numpy as np
@@ -27,7 +27,7 @@ import torch
 from kafka import KafkaProducer
 from prometheus_client import CollectorRegistry
 
-from bench.common import bootstrap_server, default_model, machine, table
+from bench.common import bootstrap_server, default_model, gather, machine, table
 from model.export import load_model
 from stream.batcher import BatcherConfig
 from stream.config import (
@@ -85,7 +85,7 @@ def _write_events(path: Path, items: int, days: int) -> int:
     return n
 
 
-def _member(cfg: ServiceConfig, threads: int, ready: Barrier, stop: Event, results: mp.Queue) -> None:
+def _member(cfg: ServiceConfig, threads: int, go: Event, stop: Event, results: mp.Queue) -> None:
     """One member of the group in its own process: joins, waits for the others, then serves until
     ``stop``; reports its latencies, counts and the first and last moments it read events."""
     torch.set_num_threads(threads)
@@ -95,7 +95,8 @@ def _member(cfg: ServiceConfig, threads: int, ready: Barrier, stop: Event, resul
     deadline = time.monotonic() + 120
     while not service.consumer.assignment() and time.monotonic() < deadline:
         service.poll_once()
-    ready.wait(timeout=180)
+    results.put("ready")
+    go.wait()
     pauses.passes.clear()  # the load's passes only
     first = last = None
     while not stop.is_set():
@@ -141,15 +142,17 @@ def run(
         )
         # Spawned, not forked: a forked child would inherit torch's and the client's threads' state.
         ctx = mp.get_context("spawn")
-        ready, stop, results = ctx.Barrier(members + 1), ctx.Event(), ctx.Queue()
+        go, stop, results = ctx.Event(), ctx.Event(), ctx.Queue()
         threads = max(1, (os.cpu_count() or 1) // members)
         procs = [
-            ctx.Process(target=_member, args=(cfg, threads, ready, stop, results)) for _ in range(members)
+            ctx.Process(target=_member, args=(cfg, threads, go, stop, results), daemon=True)
+            for _ in range(members)
         ]
         for proc in procs:
             proc.start()
-        # Every member has joined; a few seconds more let the last rebalance finish before the load.
-        ready.wait(timeout=180)
+        # Once every member has joined, a few seconds more let the last rebalance finish before the load.
+        gather(results, procs, 180)
+        go.set()
         time.sleep(5)
         replay = subprocess.Popen(
             [
@@ -172,7 +175,7 @@ def run(
         replay.wait(timeout=days / days_per_second + 600)
         time.sleep(3)
         stop.set()
-        reports = [results.get(timeout=120) for _ in procs]
+        reports = gather(results, procs, 120)
         for proc in procs:
             proc.join(timeout=60)
         if replay.returncode:
@@ -186,6 +189,7 @@ def run(
     lat = np.concatenate([np.asarray(r[0], dtype=np.float64) for r in reports]) * 1000
     passes = [p for r in reports for p in r[5]]
     full = sorted((sec * 1000 for gen, sec in passes if gen == 2), reverse=True)
+    longest = ", longest " + ", ".join(f"{x:.0f}" for x in full[:5]) + " ms" if full else ""
     return [
         (
             "load",
@@ -210,7 +214,7 @@ def run(
         (
             "garbage collector during the load, all members",
             f"{len(passes):,} passes, {sum(sec for _, sec in passes) * 1000:,.0f} ms in all; "
-            f"{len(full)} full, longest " + ", ".join(f"{x:.0f}" for x in full[:5]) + " ms",
+            f"{len(full)} full{longest}",
         ),
         (
             f"bare producer: {items:,} forecast messages sent and acked",

@@ -17,12 +17,12 @@ import multiprocessing as mp
 import os
 import tempfile
 import time
-from multiprocessing.synchronize import Barrier
+from multiprocessing.synchronize import Event
 from pathlib import Path
 
 import torch
 
-from bench.common import default_model, machine, table
+from bench.common import default_model, gather, machine, table
 from bench.inference import Workload, bare_forward, rate
 from stream.inference import PRECISIONS, Predictor, pick_device
 from stream.pipeline import pipeline_depth
@@ -36,17 +36,19 @@ def _member(
     batch: int,
     seconds: float,
     threads: int,
-    barrier: Barrier,
+    go: Event,
     results: mp.Queue,
 ) -> None:
-    """One group member: its own model, its own partition, steps until ``seconds`` have passed."""
+    """One group member: its own model, its own partition; says it is ready, waits for ``go``, then
+    steps until ``seconds`` have passed."""
     torch.set_num_threads(threads)
     predictor = Predictor.load(Path(path), device, precision)
     work = Workload(predictor, items)
     depth = pipeline_depth(predictor.device.type)
     for _ in range(2):  # warm-up: the executor's optimisation, the pinned buffers, the kernels
         work.step(predictor, batch, depth)
-    barrier.wait()
+    results.put("ready")
+    go.wait()
     n, t0 = 0, time.perf_counter()
     while time.perf_counter() - t0 < seconds:
         work.step(predictor, batch, depth)
@@ -73,7 +75,7 @@ def run(
         # CUDA cannot be initialised again in a forked child.
         ctx = mp.get_context("spawn")
         for p in processes:
-            barrier, results = ctx.Barrier(p), ctx.Queue()
+            go, results = ctx.Event(), ctx.Queue()
             members = [
                 ctx.Process(
                     target=_member,
@@ -85,15 +87,18 @@ def run(
                         batch,
                         seconds,
                         max(1, cores // p),
-                        barrier,
+                        go,
                         results,
                     ),
+                    daemon=True,  # ended with the benchmark if it stops early
                 )
                 for _ in range(p)
             ]
             for m in members:
                 m.start()
-            rates = [results.get(timeout=600) for _ in members]
+            gather(results, members, 600)  # every member ready: start them together
+            go.set()
+            rates = gather(results, members, 600)
             for m in members:
                 m.join()
             total, threads = sum(rates), max(1, cores // p)

@@ -28,3 +28,29 @@ def test_precision_lists_keep_their_order_and_name_unknown_entries():
     assert precision_list("fp32, bf16,fp16") == ("fp32", "bf16", "fp16")
     with pytest.raises(argparse.ArgumentTypeError, match=r"unknown int8 \(choose from fp32, bf16, fp16\)"):
         precision_list("fp32,int8")
+
+
+def _fail() -> None:
+    raise SystemExit(3)
+
+
+def _report(results) -> None:
+    results.put("done")
+
+
+def test_gather_collects_every_member_and_names_one_that_died():
+    import multiprocessing as mp
+
+    from bench.common import gather
+
+    ctx = mp.get_context("fork")
+    results = ctx.Queue()
+    members = [ctx.Process(target=_report, args=(results,)) for _ in range(2)]
+    for m in members:
+        m.start()
+    assert gather(results, members, 30) == ["done", "done"]
+    dead = ctx.Process(target=_fail)
+    dead.start()
+    dead.join()
+    with pytest.raises(SystemExit, match=r"1 member process\(es\) failed \(exit code 3\)"):
+        gather(results, [dead], 30)
