@@ -65,10 +65,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
         cfg = service_config_from_args(args)
     except ValueError as exc:
         raise MqcastError(str(exc)) from exc
-    if cfg.model.torch_threads:
-        import torch
+    from torch import get_num_threads as torch_threads
+    from torch import set_num_threads
 
-        torch.set_num_threads(cfg.model.torch_threads)
+    if cfg.model.torch_threads:
+        set_num_threads(cfg.model.torch_threads)
     try:
         predictor = Predictor.load(resolve_model_path(cfg.model.path), cfg.model.device, cfg.model.precision)
     except (ModelError, RuntimeError) as exc:  # a missing or foreign artefact; cuda asked for, absent
@@ -85,9 +86,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
         )
     service = ForecastService(cfg, predictor, registry, health=health)
     logging.info(
-        "serving model %s on %s: %s -> %s",
+        "serving model %s on %s (%s, %d torch threads): %s -> %s",
         predictor.version,
         predictor.device,
+        predictor.precision,
+        torch_threads(),
         cfg.kafka.sales_topic,
         cfg.kafka.forecast_topic,
     )
