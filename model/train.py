@@ -192,10 +192,8 @@ def held_out_forecasts(
     as in a model's first training stage."""
     tt = build_tensors(history, args)
     _, cells = _split_cells(tt, validation_buckets)
-    since = _first_origin(cells)
     fb = np.zeros((tt.n_items, tt.n_steps, args.n_feedback), dtype=np.float32)
-    pred = forecast_all(model, tt, fb, device, since=since)
-    ok = cells[:, since:] > 0
+    pred, since, ok = _forecast_cells(model, tt, fb, cells, device)
     return pred[ok], tt.ahead[:, since:][ok]
 
 
@@ -233,9 +231,7 @@ def _calibrate(
     """Fit and set the quantile shifts on the validation cells; returns them with the validation
     scores ``before`` (the chosen entry's, already measured for these weights) and after, and the
     scores after (in-sample for the shifts, so a little optimistic)."""
-    since = _first_origin(val_cells)
-    pred = forecast_all(model, tt, fb, device, since=since)  # [N, T', H, Q]
-    cells = val_cells[:, since:] > 0
+    pred, since, cells = _forecast_cells(model, tt, fb, val_cells, device)
     scale = np.broadcast_to(_rolling_scale(tt, model.context_length)[:, since:, None], cells.shape)
     shifts = interval_shifts(pred[cells], tt.ahead[:, since:][cells], scale[cells], tuple(objective.q))
     with torch.no_grad():
@@ -254,6 +250,15 @@ def _calibrate(
 def _first_origin(cells: np.ndarray) -> int:
     """The first origin with any cell in the mask ``cells`` [N, T, H] (0 when there is none)."""
     return int(np.argmax((cells > 0).any(axis=(0, 2))))
+
+
+def _forecast_cells(
+    model: MQCNN, tt: TrainingTensors, fb: np.ndarray, cells: np.ndarray, device: torch.device | str
+) -> tuple[np.ndarray, int, np.ndarray]:
+    """Forecasts at the origins of the mask ``cells`` [N, T, H] and after: the forecasts
+    [N, T - since, H, Q], the first such origin ``since``, and the mask from it on (bool)."""
+    since = _first_origin(cells)
+    return forecast_all(model, tt, fb, device, since=since), since, cells[:, since:] > 0
 
 
 def _rolling_scale(tt: TrainingTensors, context_length: int) -> np.ndarray:
@@ -344,9 +349,7 @@ def _evaluate(
     (a mask [N, T, H])."""
     if not (cells > 0).any():
         return {"loss": np.nan, "wql": np.nan, "coverage": np.nan, "volatility": np.nan}
-    since = _first_origin(cells)
-    pred = forecast_all(model, tt, fb, device, since=since)
-    ok = cells[:, since:] > 0
+    pred, since, ok = _forecast_cells(model, tt, fb, cells, device)
     y, p = tt.ahead[:, since:][ok], pred[ok]
     per_q, wql = weighted_quantile_loss(y, p, objective.q)
     result = {
