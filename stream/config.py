@@ -17,6 +17,9 @@ from stream.batcher import BatcherConfig
 
 ENV_PREFIX = "MQCAST_"
 
+#: What the model's layers can compute in (``--precision``; torch's dtypes in ``stream.inference``).
+PRECISION_NAMES = ("fp32", "bf16", "fp16")
+
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
 _UNIT_MS = {"ms": 1, "s": 1000, "m": 60_000, "h": 3_600_000, "d": 86_400_000}
 
@@ -178,7 +181,7 @@ class ModelServeConfig:
     path: Path = Path("model.pt")
     device: str = "auto"
     bucket: str = "D"
-    #: What the model's layers compute in (``stream.inference.PRECISIONS``); forecasts stay float32.
+    #: What the model's layers compute in (one of ``PRECISION_NAMES``); forecasts stay float32.
     precision: str = "fp32"
     #: torch's CPU threads for the process; 0 leaves torch's default (one per core).
     torch_threads: int = 0
@@ -380,7 +383,7 @@ def add_service_arguments(parser: argparse.ArgumentParser) -> None:
         m,
         "--precision",
         "PRECISION",
-        choices=("fp32", "bf16", "fp16"),
+        choices=PRECISION_NAMES,
         default="fp32",
         help="what the model's layers compute in; forecasts stay float32 (`python -m bench inference "
         "--precisions` and `python -m bench precision` measure the speed and accuracy of each)",

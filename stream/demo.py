@@ -26,7 +26,7 @@ import numpy as np
 from state.buckets import bucket_of
 from state.ledger import RealisedScore
 from state.partition import ClosedBucket
-from stream.config import add_env_argument, port_number, positive_int
+from stream.config import PRECISION_NAMES, add_env_argument, port_number, positive_int
 from stream.observer import ServiceObserver
 
 log = logging.getLogger("mqcast.demo")
@@ -81,7 +81,7 @@ def add_demo_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--precision",
-        choices=("fp32", "bf16", "fp16"),
+        choices=PRECISION_NAMES,
         default="fp32",
         help="what the model's layers compute in (default: fp32)",
     )

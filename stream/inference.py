@@ -14,12 +14,15 @@ import torch
 
 from model.errors import ArtifactError
 from model.export import load_model
+from stream.config import PRECISION_NAMES
 from stream.inputs import ModelInputs, probe_inputs
 
 T = TypeVar("T")
 
 #: The dtypes the model's layers can compute in (``--precision``). Inputs and forecasts stay float32.
-PRECISIONS: dict[str, torch.dtype] = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+PRECISIONS: dict[str, torch.dtype] = dict(
+    zip(PRECISION_NAMES, (torch.float32, torch.bfloat16, torch.float16), strict=True)
+)
 
 
 def pick_device(choice: str) -> torch.device:
