@@ -1,11 +1,15 @@
 """Inference: item-forecasts/s of the whole micro-batch step against the bare TorchScript forward.
 
 The step is what the service does with a closed bucket: assemble the inputs (features, calendar),
-run the model in batches, record the forecasts in the ledger and encode the forecast messages. It
-is measured one batch at a time (as the service runs it on a CPU) and pipelined (as on a GPU: the
-model works on the next batch while the previous one is recorded and encoded). The bare figure
-runs only the scripted forward, over ready tensors of the same rows in batches of the same size, on
-the same model thread, in the same run.
+run the model in batches, record the forecasts in the ledger and encode the forecast messages, with
+as many batches queued with the model as the service queues (``Predictor.depth``). The bare figure
+runs only the scripted forward, over ready tensors of the same rows in batches of the same size, in
+the same run.
+
+On a CPU both are measured in the two ways the predictor can run the model: one model thread whose
+forwards torch splits over its team of threads (torch's default), and one worker per thread, each
+running whole batches single-threaded (the service's default). Each step's ratio is given against
+the faster of the two bare forwards at that batch size.
 """
 
 from __future__ import annotations
@@ -91,8 +95,9 @@ class Workload:
         self.state.record_forecasts(piece.bucket, piece.rows, values)
         encode_forecasts(self.fmt, piece.item_ids, piece.bucket, values, 0)
 
-    def step(self, predictor: Predictor, batch: int, depth: int = 1) -> None:
-        """The service's own path: pieces of one model batch, each published when it is done."""
+    def step(self, predictor: Predictor, batch: int, depth: int | None = None) -> None:
+        """The service's own path: pieces of one model batch, each published when it is done,
+        ``depth`` batches queued with the model (default: as many as the service queues)."""
         pieces = cut_at_batches([ForecastRequest(0, self.closed, 0.0, 0.0)], batch)
         inputs = inputs_for(self.closed, "D", self.cfg.horizons, self.statics)
         out = np.empty((self.rows, self.cfg.horizons, len(self.cfg.quantiles)), dtype=np.float32)
@@ -103,21 +108,23 @@ class Workload:
             batch,
             [p.rows for _, p in pieces],
             lambda i, values: self._publish(pieces[i][1].closed, values),
-            depth=depth,
+            depth=predictor.depth if depth is None else depth,
         )
 
     def parts(self, predictor: Predictor, batch: int, rounds: int = 3) -> dict[str, float]:
         """µs per forecast of each part of the step, run one after another (best of ``rounds``):
-        input assembly, the model (batches through the predictor, copies included), the ledger and
-        the JSON of the messages."""
+        input assembly, the model (all batches queued with the predictor at once, copies included),
+        the ledger and the JSON of the messages."""
         best: dict[str, float] = {}
         for _ in range(rounds):
             t0 = time.perf_counter()
             inputs = inputs_for(self.closed, "D", self.cfg.horizons, self.statics)
             t1 = time.perf_counter()
             out = np.empty((self.rows, self.cfg.horizons, len(self.cfg.quantiles)), dtype=np.float32)
-            for start, stop in chunks(self.rows, batch):
-                out[start:stop] = predictor.predict(inputs.slice(start, stop))
+            spans = chunks(self.rows, batch)
+            futures = [predictor.submit(inputs.slice(*span)) for span in spans]
+            for (start, stop), future in zip(spans, futures, strict=True):
+                out[start:stop] = future.result()[0]
             t2 = time.perf_counter()
             self.state.record_forecasts(self.closed.bucket, self.closed.rows, out)
             t3 = time.perf_counter()
@@ -130,19 +137,35 @@ class Workload:
 
 
 def bare_forward(predictor: Predictor, tensors: list[torch.Tensor], batch: int) -> Callable[[], None]:
-    """The scripted forward alone over ready ``tensors``, ``batch`` rows a call, on the model's
-    thread like the service's forwards (one torch thread team)."""
+    """The scripted forward alone over ready ``tensors``, ``batch`` rows a call, on the predictor's
+    model threads like the service's forwards (all of them busy at once)."""
     n = tensors[0].shape[0]
 
-    def forward() -> None:
-        # The same rows as the step, batch by batch: the model reads as much fresh memory.
+    def forward(start: int, stop: int) -> None:
         with torch.inference_mode():
-            for start, stop in chunks(n, batch):
-                predictor.module(*(t[start:stop] for t in tensors))
+            predictor.module(*(t[start:stop] for t in tensors))
+
+    def run() -> None:
+        # The same rows as the step, batch by batch: the model reads as much fresh memory.
+        for future in [predictor.on_model_thread(forward, *span) for span in chunks(n, batch)]:
+            future.result()
         if predictor.device.type == "cuda":
             torch.cuda.synchronize()
 
-    return lambda: predictor.on_model_thread(forward).result()
+    return run
+
+
+def _layouts(path: Path, device: str, precision: str) -> dict[str, Predictor]:
+    """The ways to run the model worth comparing on ``device``, by name."""
+    auto = Predictor.load(path, device, precision)
+    if auto.workers == 1:
+        return {"1 model thread": auto}
+    team = Predictor.load(path, device, precision, workers=1)
+    threads = torch.get_num_threads()
+    return {
+        f"1 model thread, torch team of {threads}": team,
+        f"{auto.workers} model threads, 1 torch thread each": auto,
+    }
 
 
 def run(
@@ -155,8 +178,8 @@ def run(
 ) -> list[tuple[str, str]]:
     with tempfile.TemporaryDirectory() as tmp:
         path = default_model(Path(tmp), feedback_window)
-        predictors = {p: Predictor.load(path, device, p) for p in precisions}
-    first = predictors[precisions[0]]
+        layouts = {p: _layouts(path, device, p) for p in precisions}
+    first = next(iter(layouts[precisions[0]].values()))
     work = Workload(first, n_items)
     n = work.rows
     rows = [
@@ -165,34 +188,33 @@ def run(
         ("items in the closed bucket", f"{n:,}"),
     ]
     tensors = work.tensors(first.device)
-    for (precision, predictor), b in ((pp, b) for pp in predictors.items() for b in batch_sizes):
+    for precision, b in ((p, b) for p in precisions for b in batch_sizes):
         b = min(b, n)
         tag = f"{precision}, batch {b:>6}"
-        bare_rate = rate(bare_forward(predictor, tensors, b), n, min_s)
-        seq_rate = rate(partial(work.step, predictor, b, 1), n, min_s)
-        pipe_rate = rate(partial(work.step, predictor, b, 2), n, min_s)
-        split = work.parts(predictor, b)
-        rows.append((f"{tag}: bare forward", f"{bare_rate:,.0f} forecasts/s"))
+        bare: dict[str, float] = {}
+        steps: dict[str, tuple[int, float]] = {}
+        for name, predictor in layouts[precision].items():
+            bare[name] = rate(bare_forward(predictor, tensors, b), n, min_s)
+            steps[name] = (predictor.depth, rate(partial(work.step, predictor, b), n, min_s))
+            if name == next(reversed(layouts[precision])):  # the service's default
+                split = work.parts(predictor, b)
+            predictor.close()  # one layout's threads at a time, as the service runs one predictor
+        best = max(bare.values())
+        for name, figure in bare.items():
+            rows.append((f"{tag}: bare forward, {name}", f"{figure:,.0f} forecasts/s"))
+        for name, (depth, figure) in steps.items():
+            rows.append(
+                (
+                    f"{tag}: step, {name} ({depth} queued)",
+                    f"{figure:,.0f} forecasts/s (ratio {figure / best:.2f})",
+                )
+            )
         rows.append(
             (
                 f"{tag}: step's parts, µs per forecast",
                 " / ".join(f"{k} {v:.2f}" for k, v in split.items()),
             )
         )
-        rows.append(
-            (
-                f"{tag}: step, one batch at a time",
-                f"{seq_rate:,.0f} forecasts/s (ratio {seq_rate / bare_rate:.2f})",
-            )
-        )
-        rows.append(
-            (
-                f"{tag}: step, pipelined (2 queued)",
-                f"{pipe_rate:,.0f} forecasts/s (ratio {pipe_rate / bare_rate:.2f})",
-            )
-        )
-    for predictor in predictors.values():
-        predictor.close()
     return rows
 
 

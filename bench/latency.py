@@ -91,7 +91,8 @@ def _member(cfg: ServiceConfig, threads: int, go: Event, stop: Event, results: m
     torch.set_num_threads(threads)
     pauses = CollectorPauses()
     obs = Latencies()
-    service = ForecastService(cfg, Predictor.load(cfg.model.path, "auto"), CollectorRegistry(), observer=obs)
+    predictor = Predictor.load(cfg.model.path, "auto", workers=cfg.model.workers)
+    service = ForecastService(cfg, predictor, CollectorRegistry(), observer=obs)
     deadline = time.monotonic() + 120
     while not service.consumer.assignment() and time.monotonic() < deadline:
         service.poll_once()
@@ -114,9 +115,11 @@ def run(
     max_batch: int,
     max_delay_ms: float,
     members: int = 1,
+    workers: int = 0,
 ) -> list[tuple[str, str]]:
     """One load: ``items`` items closing ``days_per_second`` times a second, for ``days`` days,
-    served by ``members`` members of one consumer group, each in its own process."""
+    served by ``members`` members of one consumer group, each in its own process with ``workers``
+    model threads (0: the service's default)."""
     with tempfile.TemporaryDirectory() as tmp:
         events = Path(tmp) / "events.csv"
         n_events = _write_events(events, items, days)
@@ -135,7 +138,7 @@ def run(
         model = default_model(Path(tmp))
         cfg = ServiceConfig(
             kafka=kafka,
-            model=ModelServeConfig(path=model, device="auto"),
+            model=ModelServeConfig(path=model, device="auto", workers=workers),
             batcher=BatcherConfig(max_batch=max_batch, max_delay_ms=max_delay_ms),
             metrics=MetricsConfig(port=0),
             durability=DurabilityConfig(changelog=False),
@@ -198,7 +201,8 @@ def run(
         ),
         (
             "members",
-            f"{members} process{'es' if members > 1 else ''}, {threads} torch thread(s) each, "
+            f"{members} process{'es' if members > 1 else ''}, {threads} torch thread(s) and "
+            f"{workers or (1 if torch.cuda.is_available() else threads)} model worker(s) each, "
             f"{PARTITIONS} partitions",
         ),
         ("events", f"{n_read:,} of {n_events:,} in {elapsed:.1f} s ({n_read / elapsed:,.0f}/s)"),
@@ -271,13 +275,28 @@ def main(argv: list[str] | None = None) -> None:
         default=[1],
         help=f"group members (processes), or a comma-separated list; at most {PARTITIONS} (default: 1)",
     )
+    p.add_argument(
+        "--model-workers",
+        type=int,
+        default=0,
+        help="model threads per member, as serve's --model-workers (default 0: the service's default)",
+    )
     a = p.parse_args(argv)
     if max(a.members) > PARTITIONS:
         p.error(f"--members: at most {PARTITIONS}, one partition each")
     with bootstrap_server() as bootstrap:
         for items in a.items:
             for members in a.members:
-                rows = run(bootstrap, items, a.days, a.days_per_second, a.max_batch, a.max_delay_ms, members)
+                rows = run(
+                    bootstrap,
+                    items,
+                    a.days,
+                    a.days_per_second,
+                    a.max_batch,
+                    a.max_delay_ms,
+                    members,
+                    a.model_workers,
+                )
                 print(table(rows, f"End-to-end latency, {items:,} items, {members} member(s) ({machine()})"))
                 print()
 

@@ -25,7 +25,6 @@ import torch
 from bench.common import default_model, gather, machine, table
 from bench.inference import Workload, bare_forward, rate
 from stream.inference import PRECISIONS, Predictor, pick_device
-from stream.pipeline import pipeline_depth
 
 
 def _member(
@@ -44,7 +43,7 @@ def _member(
     torch.set_num_threads(threads)
     predictor = Predictor.load(Path(path), device, precision)
     work = Workload(predictor, items)
-    depth = pipeline_depth(predictor.device.type)
+    depth = predictor.depth
     for _ in range(2):  # warm-up: the executor's optimisation, the pinned buffers, the kernels
         work.step(predictor, batch, depth)
     results.put("ready")

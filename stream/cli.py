@@ -71,7 +71,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if cfg.model.torch_threads:
         set_num_threads(cfg.model.torch_threads)
     try:
-        predictor = Predictor.load(resolve_model_path(cfg.model.path), cfg.model.device, cfg.model.precision)
+        predictor = Predictor.load(
+            resolve_model_path(cfg.model.path), cfg.model.device, cfg.model.precision, cfg.model.workers
+        )
     except (ModelError, RuntimeError) as exc:  # a missing or foreign artefact; cuda asked for, absent
         raise MqcastError(str(exc)) from exc
     registry = CollectorRegistry()
@@ -86,11 +88,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
         )
     service = ForecastService(cfg, predictor, registry, health=health)
     logging.info(
-        "serving model %s on %s (%s, %d torch threads): %s -> %s",
+        "serving model %s on %s (%s, %d torch threads, %d model workers): %s -> %s",
         predictor.version,
         predictor.device,
         predictor.precision,
         torch_threads(),
+        predictor.workers,
         cfg.kafka.sales_topic,
         cfg.kafka.forecast_topic,
     )

@@ -185,6 +185,8 @@ class ModelServeConfig:
     precision: str = "fp32"
     #: torch's CPU threads for the process; 0 leaves torch's default (one per core).
     torch_threads: int = 0
+    #: Threads running forwards side by side; 0: one on a GPU, one per torch thread on a CPU.
+    workers: int = 0
 
 
 @dataclass(frozen=True)
@@ -399,6 +401,16 @@ def add_service_arguments(parser: argparse.ArgumentParser) -> None:
     )
     add_env_argument(
         m,
+        "--model-workers",
+        "MODEL_WORKERS",
+        type=non_negative_int,
+        default=0,
+        help="threads running model batches side by side (0: one on a GPU; on a CPU one per torch "
+        "thread, each batch single-threaded, which `python -m bench inference` measured faster "
+        "than one batch at a time over all threads)",
+    )
+    add_env_argument(
+        m,
         "--bucket",
         "BUCKET",
         choices=("h", "D", "W", "M"),
@@ -499,6 +511,7 @@ def service_config_from_args(args: argparse.Namespace) -> ServiceConfig:
         bucket=args.bucket,
         precision=args.precision,
         torch_threads=args.torch_threads,
+        workers=args.model_workers,
     )
     batcher = BatcherConfig(max_batch=args.max_batch, max_delay_ms=float(args.max_delay))
     metrics = MetricsConfig(

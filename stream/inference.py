@@ -25,6 +25,11 @@ PRECISIONS: dict[str, torch.dtype] = dict(
 )
 
 
+def default_workers(device: torch.device) -> int:
+    """Model threads when none are asked for: one on a GPU; on a CPU, one per torch thread."""
+    return 1 if device.type == "cuda" else max(1, torch.get_num_threads())
+
+
 def pick_device(choice: str) -> torch.device:
     """``auto`` means CUDA when a GPU is visible, else CPU."""
     if choice == "auto":
@@ -37,10 +42,15 @@ def pick_device(choice: str) -> torch.device:
 class Predictor:
     """A loaded model, its metadata and the device it runs on.
 
-    Every forward runs on one worker thread of its own, so the caller can gather, record and publish
-    one batch while the next one is on the device (:meth:`submit`). One thread, not the caller's,
-    also means one CPU thread team for torch: forwards from two threads would each bring their own
-    team, and the idle one spins on the cores the busy one needs.
+    Forwards run on model threads of their own, so the caller can gather, record and publish one
+    batch while the next ones are with the model (:meth:`submit`).
+
+    ``workers`` is how many: one on CUDA (one stream keeps the GPU busy). On a CPU, several workers
+    each run whole batches single-threaded, side by side, instead of one worker whose batches torch
+    splits over a team of threads: each forward then needs no barrier between its cores, and the
+    cores stay busy while the caller publishes (`python -m bench inference` measures both). With
+    one worker, torch's own threads are left as they are; never two callers of one team, since the
+    idle team spins on the cores the busy one needs.
 
     On CUDA the inputs are staged in pinned host buffers and copied without blocking, so the copy of
     one tensor overlaps the launch of the next; on CPU the numpy arrays are wrapped without a copy.
@@ -50,20 +60,28 @@ class Predictor:
     """
 
     def __init__(
-        self, module: torch.jit.ScriptModule, meta: dict, device: torch.device, precision: str = "fp32"
+        self,
+        module: torch.jit.ScriptModule,
+        meta: dict,
+        device: torch.device,
+        precision: str = "fp32",
+        workers: int = 0,
     ) -> None:
+        if workers < 0:
+            raise ValueError(f"workers must be >= 0 (0: automatic), got {workers}")
         self.module = module
         self.meta = meta
         self.device = device
         self.precision = precision
-        self._pinned: dict[str, torch.Tensor] = {}
-        self._worker: ThreadPoolExecutor | None = None
+        self.workers = workers or default_workers(device)
+        self._staging = threading.local()  # each worker's own pinned buffers (CUDA)
+        self._pool: ThreadPoolExecutor | None = None
         self._lock = threading.Lock()
 
     @classmethod
-    def load(cls, path: Path, device: str = "auto", precision: str = "fp32") -> Predictor:
+    def load(cls, path: Path, device: str = "auto", precision: str = "fp32", workers: int = 0) -> Predictor:
         """Load an artefact onto the chosen device, its layers computing in ``precision`` (a key of
-        :data:`PRECISIONS`)."""
+        :data:`PRECISIONS`), its forwards on ``workers`` threads (0: :func:`default_workers`)."""
         if precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
         dev = pick_device(device)
@@ -75,7 +93,7 @@ class Predictor:
                     "(mqcast train) or serve it with --precision fp32"
                 )
             module.to(PRECISIONS[precision])
-        return cls(module, meta, dev, precision)
+        return cls(module, meta, dev, precision, workers)
 
     @property
     def version(self) -> str:
@@ -85,7 +103,8 @@ class Predictor:
         src = torch.from_numpy(np.ascontiguousarray(arr))
         if self.device.type != "cuda":
             return src
-        buf = self._pinned.get(name)
+        pinned: dict[str, torch.Tensor] = self._staging.__dict__.setdefault("buffers", {})
+        buf = pinned.get(name)
         if (
             buf is None
             or buf.shape[0] < src.shape[0]
@@ -93,7 +112,7 @@ class Predictor:
             or buf.dtype != src.dtype
         ):
             buf = torch.empty(src.shape, dtype=src.dtype).pin_memory()
-            self._pinned[name] = buf
+            pinned[name] = buf
         staged = buf[: src.shape[0]]
         staged.copy_(src)
         return staged.to(self.device, non_blocking=True)
@@ -105,28 +124,62 @@ class Predictor:
         for _ in range(calls):
             self.predict(probe)
 
+    @property
+    def depth(self) -> int:
+        """How many batches to keep queued with the model so that it never waits for the caller:
+        one more than the workers (the spare is ready when a worker finishes), except for a single
+        CPU worker, whose thread team has the caller's cores too."""
+        if self.device.type == "cpu" and self.workers == 1:
+            return 1
+        return self.workers + 1
+
     def submit(self, inputs: ModelInputs) -> Future[tuple[np.ndarray, float]]:
-        """Queue one batch on the model's thread; the future gives its forecasts [B, H, Q] and the
-        seconds its forward took (the time it waited in the queue not counted)."""
+        """Queue one batch with the model's threads; the future gives its forecasts [B, H, Q] and
+        the seconds its forward took (the time it waited in the queue not counted)."""
         return self.on_model_thread(self._timed_forward, inputs)
 
     def on_model_thread(self, fn: Callable[..., T], *args: object) -> Future[T]:
-        """Run ``fn(*args)`` on the model's thread, after the batches queued before it."""
+        """Run ``fn(*args)`` on one of the model's threads, once the work queued before it has
+        started (with one worker: after it is done)."""
         with self._lock:
-            if self._worker is None:
-                self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mqcast-model")
-            return self._worker.submit(fn, *args)
+            if self._pool is None:
+                self._pool = self._start_workers()
+            return self._pool.submit(fn, *args)
+
+    def _start_workers(self) -> ThreadPoolExecutor:
+        pool = ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="mqcast-model")
+        if self.device.type != "cpu" or self.workers == 1:
+            return pool
+        # torch's CPU thread count is kept per thread (OpenMP's), but setting it also changes the
+        # process-wide count, which a thread copies the first time torch asks for its own. So:
+        # every worker has torch read its count first (else that first read, later, would undo
+        # the setting), sets its own while the others wait (which makes the pool start all of
+        # them now), then the caller puts the process-wide count back as it found it.
+        process_threads = torch.get_num_threads()
+        per_worker = max(1, process_threads // self.workers)
+        started = threading.Barrier(self.workers + 1, timeout=60.0)
+
+        def set_threads() -> None:
+            torch.get_num_threads()
+            torch.set_num_threads(per_worker)
+            started.wait()
+
+        for _ in range(self.workers):
+            pool.submit(set_threads)
+        started.wait()
+        torch.set_num_threads(process_threads)
+        return pool
 
     def predict(self, inputs: ModelInputs) -> np.ndarray:
         """Quantile forecasts float32 [B, H, Q] for one batch, waiting for them."""
         return self.submit(inputs).result()[0]
 
     def close(self) -> None:
-        """Stop the model's thread once queued batches are done (a later call starts a new one)."""
+        """Stop the model's threads once queued batches are done (a later call starts new ones)."""
         with self._lock:
-            worker, self._worker = self._worker, None
-        if worker is not None:
-            worker.shutdown(wait=True)
+            pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.shutdown(wait=True)
 
     def _timed_forward(self, inputs: ModelInputs) -> tuple[np.ndarray, float]:
         t0 = time.perf_counter()

@@ -1,6 +1,6 @@
 """Run a micro-batch through the model in batches, handing each request over as soon as it is done.
 
-The model works on the next batch (on its own thread, or on the GPU) while the caller records,
+The model works on the next batches (on its own threads, or on the GPU) while the caller records,
 encodes and sends the requests the finished batches cover, so neither side waits for the other
 more than one batch.
 """
@@ -18,16 +18,6 @@ from stream.inputs import ModelInputs
 
 #: Submits one batch; the future gives its forecasts [B, H, Q] and the seconds its forward took.
 Submit = Callable[[ModelInputs], "Future[tuple[np.ndarray, float]]"]
-
-
-def pipeline_depth(device_type: str) -> int:
-    """How many batches to queue with the model on ``device_type`` ("cuda", "cpu", ...).
-
-    On a GPU the next batch runs while the CPU publishes. On a CPU it would run on the same cores
-    as the publishing (and, on a small machine, the broker's): `python -m bench latency` on 2 cores
-    measured a p50 of 449-501 ms with two batches queued against 415-420 ms with one.
-    """
-    return 2 if device_type == "cuda" else 1
 
 
 def forecast_pipelined(

@@ -104,10 +104,12 @@ class ModelWatcher:
         cfg: ReloadConfig,
         on_refused: Callable[[Path, str], None] | None = None,
         precision: str = "fp32",
+        workers: int = 0,
     ) -> None:
         self.path = Path(path)
         self.device = device
         self.precision = precision
+        self.workers = workers
         self.current_meta = current_meta
         self.check_fits = check_fits
         self.cfg = cfg
@@ -143,7 +145,7 @@ class ModelWatcher:
         target = Path(sig[0])
         candidate: Predictor | None = None
         try:
-            candidate = Predictor.load(target, self.device, self.precision)
+            candidate = Predictor.load(target, self.device, self.precision, self.workers)
             validate_candidate(candidate, self.current_meta, self.check_fits)
             candidate.warm_up(64)  # here, not in the first batch after the swap
         except (ModelError, ModelMismatchError, RuntimeError, ValueError) as exc:

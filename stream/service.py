@@ -42,7 +42,7 @@ from stream.inference import Predictor
 from stream.inputs import StaticTable, concat_inputs, inputs_for
 from stream.metrics import ServiceMetrics
 from stream.observer import ServiceObserver
-from stream.pipeline import forecast_pipelined, pipeline_depth
+from stream.pipeline import forecast_pipelined
 from stream.publish import ForecastFormat, Publisher, encode_forecasts
 from stream.reload import ModelWatcher
 from stream.topics import TopicSpec, ensure_topics
@@ -198,6 +198,7 @@ class ForecastService:
                 cfg.reload,
                 on_refused=lambda path, reason: self.metrics.model_reloads.labels(result="refused").inc(),
                 precision=cfg.model.precision,
+                workers=predictor.workers,
             )
         self._paused = False
         self.batcher = MicroBatcher(cfg.batcher, clock)
@@ -437,8 +438,8 @@ class ForecastService:
     def _forecast(self, requests: list[ForecastRequest]) -> int:
         """Forecast, record, publish and acknowledge ``requests``, one model batch after another.
 
-        Each batch's forecasts are recorded and sent as soon as the batch is done; on a GPU the
-        next batch runs meanwhile (:func:`stream.pipeline.pipeline_depth`). A request's latency
+        Each batch's forecasts are recorded and sent as soon as the batch is done, while the next
+        batches are with the model (:attr:`stream.inference.Predictor.depth`). A request's latency
         ends when the broker acknowledges its last forecast.
         """
         if not requests:
@@ -471,7 +472,7 @@ class ForecastService:
             [piece.rows for _, piece in pieces],
             on_piece,
             on_batch,
-            depth=pipeline_depth(self.predictor.device.type),
+            depth=self.predictor.depth,
         )
         self.publisher.flush()
         done = self.clock()

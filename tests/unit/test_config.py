@@ -44,6 +44,16 @@ def test_torch_threads_default_to_torch_and_take_a_count(monkeypatch):
     assert service_config_from_args(_serve_args([])).model.torch_threads == 1
 
 
+def test_model_workers_default_to_automatic_and_take_a_count(monkeypatch, capsys):
+    assert service_config_from_args(_serve_args([])).model.workers == 0
+    monkeypatch.setenv("MQCAST_MODEL_WORKERS", "3")
+    assert service_config_from_args(_serve_args([])).model.workers == 3
+    assert service_config_from_args(_serve_args(["--model-workers", "1"])).model.workers == 1
+    with pytest.raises(SystemExit):
+        _serve_args(["--model-workers", "-1"])
+    assert "--model-workers" in capsys.readouterr().err
+
+
 def test_help_names_each_variable_and_default(capsys):
     with pytest.raises(SystemExit):
         _serve_args(["--help"])

@@ -8,8 +8,9 @@ from concurrent.futures import Future, ThreadPoolExecutor
 
 import numpy as np
 import pytest
+import torch
 
-from stream.inference import Predictor
+from stream.inference import Predictor, default_workers
 from stream.inputs import ModelInputs, probe_inputs
 from stream.pipeline import forecast_pipelined
 
@@ -87,7 +88,7 @@ def test_requests_must_cover_the_batch(recorder) -> None:
 
 
 def test_predictor_runs_every_forward_on_its_own_thread(tiny_model) -> None:
-    predictor = Predictor.load(tiny_model, "cpu")
+    predictor = Predictor.load(tiny_model, "cpu", workers=1)
     probe = probe_inputs(predictor.meta, 8)
     threads: set[str] = set()
     original = predictor._forward
@@ -104,6 +105,67 @@ def test_predictor_runs_every_forward_on_its_own_thread(tiny_model) -> None:
     assert len(threads) == 1 and next(iter(threads)).startswith("mqcast-model")
     predictor.close()
     np.testing.assert_array_equal(predictor.predict(probe), direct)  # a closed predictor starts anew
+    predictor.close()
+
+
+@pytest.fixture
+def two_torch_threads():
+    """torch's process-wide CPU threads at 2 for the test (other tests set 1), as they were after."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    yield
+    torch.set_num_threads(before)
+
+
+def test_cpu_workers_run_batches_side_by_side_each_single_threaded(tiny_model, two_torch_threads) -> None:
+    predictor = Predictor.load(tiny_model, "cpu", workers=2)
+    seen: dict[str, int] = {}
+    both_in = threading.Barrier(2, timeout=30)
+    original = predictor._forward
+
+    def spy(inputs: ModelInputs) -> np.ndarray:
+        seen[threading.current_thread().name] = torch.get_num_threads()
+        both_in.wait()  # returns only if the two batches are with the model at the same time
+        return original(inputs)
+
+    predictor._forward = spy  # type: ignore[method-assign]
+    probes = [probe_inputs(predictor.meta, 8), probe_inputs(predictor.meta, 5)]
+    together = [f.result()[0] for f in [predictor.submit(p) for p in probes]]
+    assert len(seen) == 2 and set(seen.values()) == {1}
+    # The caller's torch threads, and those a thread started later inherits, are as they were.
+    assert torch.get_num_threads() == 2
+    with ThreadPoolExecutor(1) as later:
+        assert later.submit(torch.get_num_threads).result() == 2
+    alone = Predictor.load(tiny_model, "cpu", workers=1)
+    for probe, values in zip(probes, together, strict=True):
+        np.testing.assert_allclose(values, alone.predict(probe), rtol=1e-5, atol=1e-6)
+    predictor.close()
+    alone.close()
+
+
+def test_workers_default_to_one_per_torch_thread_on_cpu_one_on_cuda(tiny_model, two_torch_threads) -> None:
+    assert default_workers(torch.device("cpu")) == 2
+    assert default_workers(torch.device("cuda")) == 1
+    predictor = Predictor.load(tiny_model, "cpu")
+    assert predictor.workers == 2 and predictor.depth == 3  # a spare batch ready for each worker
+    assert Predictor.load(tiny_model, "cpu", workers=1).depth == 1  # a team has the caller's cores
+    with pytest.raises(ValueError, match="workers must be >= 0"):
+        Predictor.load(tiny_model, "cpu", workers=-1)
+
+
+def test_pipelined_forecasts_over_several_workers_equal_one_batch_at_a_time(tiny_model) -> None:
+    predictor = Predictor.load(tiny_model, "cpu", workers=3)
+    batch = probe_inputs(predictor.meta, 23)
+    out = np.empty((23, *predictor.predict(batch.slice(0, 1)).shape[1:]), np.float32)
+    handed: list[tuple[int, np.ndarray]] = []
+    forecast_pipelined(
+        predictor.submit, batch, out, 4, [3, 9, 11], lambda i, v: handed.append((i, v.copy())), depth=4
+    )
+    assert [i for i, _ in handed] == [0, 1, 2]
+    np.testing.assert_array_equal(np.concatenate([v for _, v in handed]), out)
+    for start in range(0, 23, 4):
+        alone = predictor.predict(batch.slice(start, start + 4))
+        np.testing.assert_array_equal(out[start : start + 4], alone)
     predictor.close()
 
 

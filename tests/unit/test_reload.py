@@ -130,13 +130,15 @@ def test_directory_path_serves_its_newest_artefact(serving, tmp_path):
     assert resolve_model_path(path) == path
 
 
-def test_a_new_model_is_loaded_in_the_serving_precision(serving, tmp_path):
+def test_a_new_model_is_loaded_in_the_serving_precision_and_workers(serving, tmp_path):
     path, current = serving
-    watcher = ModelWatcher(path, "cpu", current.meta, _fits, ReloadConfig(watch=True), precision="bf16")
+    watcher = ModelWatcher(
+        path, "cpu", current.meta, _fits, ReloadConfig(watch=True), precision="bf16", workers=3
+    )
     _export(path, seed=1)
     _bump_mtime(path, 5)
     assert not watcher.check() and watcher.check()
     new = watcher.take()
-    assert new is not None and new.precision == "bf16"
+    assert new is not None and new.precision == "bf16" and new.workers == 3
     assert new.module.compute_dtype.dtype == torch.bfloat16
     new.close()
