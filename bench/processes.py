@@ -69,7 +69,7 @@ def run(
         rows = [
             ("device", f"{predictor.device}, {precision}, batch {batch:,}"),
             ("items, all processes together", f"{work.rows:,}"),
-            ("bare forward, one process", f"{bare:,.0f} forecasts/s"),
+            (f"bare forward, one process, {predictor.workers} model thread(s)", f"{bare:,.0f} forecasts/s"),
         ]
         # CUDA cannot be initialised again in a forked child.
         ctx = mp.get_context("spawn")
@@ -101,7 +101,8 @@ def run(
             for m in members:
                 m.join()
             total, threads = sum(rates), max(1, cores // p)
-            who = f"{p} process{'es' if p > 1 else ''} ({threads} thread{'s' if threads > 1 else ''} each)"
+            workers = 1 if pick_device(device).type == "cuda" else threads  # the service's default
+            who = f"{p} process{'es' if p > 1 else ''}, {threads} torch / {workers} model thread(s) each"
             rows.append(
                 (
                     f"step, {who}",
