@@ -86,10 +86,7 @@ class Workload:
     def tensors(self, device: torch.device) -> list[torch.Tensor]:
         """The model's inputs for every row, ready on ``device`` (for the bare forward)."""
         ready = inputs_for(self.closed, "D", self.cfg.horizons, self.statics)
-        return [
-            torch.from_numpy(np.ascontiguousarray(getattr(ready, f))).to(device)
-            for f in ("target", "observed", "past_cov", "future_cov", "static", "feedback")
-        ]
+        return [torch.from_numpy(np.ascontiguousarray(a)).to(device) for a in ready.arrays()]
 
     def _publish(self, piece: ClosedBucket, values: np.ndarray) -> None:
         self.state.record_forecasts(piece.bucket, piece.rows, values)

@@ -38,7 +38,7 @@ from stream.config import (
     ServiceConfig,
     positive_int,
 )
-from stream.inference import Predictor
+from stream.inference import Predictor, default_workers, pick_device
 from stream.publish import ForecastFormat, encode_forecasts
 from stream.service import ForecastService, ServiceObserver
 from stream.topics import ensure_topics, service_topics
@@ -202,7 +202,7 @@ def run(
         (
             "members",
             f"{members} process{'es' if members > 1 else ''}, {threads} torch thread(s) and "
-            f"{workers or (1 if torch.cuda.is_available() else threads)} model worker(s) each, "
+            f"{workers or default_workers(pick_device('auto'), threads)} model worker(s) each, "
             f"{PARTITIONS} partitions",
         ),
         ("events", f"{n_read:,} of {n_events:,} in {elapsed:.1f} s ({n_read / elapsed:,.0f}/s)"),

@@ -24,7 +24,7 @@ import torch
 
 from bench.common import default_model, gather, machine, table
 from bench.inference import Workload, bare_forward, rate
-from stream.inference import PRECISIONS, Predictor, pick_device
+from stream.inference import PRECISIONS, Predictor, default_workers, pick_device
 
 
 def _member(
@@ -43,14 +43,13 @@ def _member(
     torch.set_num_threads(threads)
     predictor = Predictor.load(Path(path), device, precision)
     work = Workload(predictor, items)
-    depth = predictor.depth
     for _ in range(2):  # warm-up: the executor's optimisation, the pinned buffers, the kernels
-        work.step(predictor, batch, depth)
+        work.step(predictor, batch)
     results.put("ready")
     go.wait()
     n, t0 = 0, time.perf_counter()
     while time.perf_counter() - t0 < seconds:
-        work.step(predictor, batch, depth)
+        work.step(predictor, batch)
         n += work.rows
     results.put(n / (time.perf_counter() - t0))
     predictor.close()
@@ -74,6 +73,7 @@ def run(
         # CUDA cannot be initialised again in a forked child.
         ctx = mp.get_context("spawn")
         for p in processes:
+            threads = max(1, cores // p)
             go, results = ctx.Event(), ctx.Queue()
             members = [
                 ctx.Process(
@@ -85,7 +85,7 @@ def run(
                         n_items // p,
                         batch,
                         seconds,
-                        max(1, cores // p),
+                        threads,
                         go,
                         results,
                     ),
@@ -100,8 +100,8 @@ def run(
             rates = gather(results, members, 600)
             for m in members:
                 m.join()
-            total, threads = sum(rates), max(1, cores // p)
-            workers = 1 if pick_device(device).type == "cuda" else threads  # the service's default
+            total = sum(rates)
+            workers = default_workers(pick_device(device), threads)  # each member's, as the service's
             who = f"{p} process{'es' if p > 1 else ''}, {threads} torch / {workers} model thread(s) each"
             rows.append(
                 (

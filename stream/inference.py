@@ -25,9 +25,12 @@ PRECISIONS: dict[str, torch.dtype] = dict(
 )
 
 
-def default_workers(device: torch.device) -> int:
-    """Model threads when none are asked for: one on a GPU; on a CPU, one per torch thread."""
-    return 1 if device.type == "cuda" else max(1, torch.get_num_threads())
+def default_workers(device: torch.device, torch_threads: int | None = None) -> int:
+    """Model threads when none are asked for: one on a GPU; on a CPU, one per torch thread
+    (``torch_threads``, default: this thread's count)."""
+    if device.type == "cuda":
+        return 1
+    return max(1, torch.get_num_threads() if torch_threads is None else torch_threads)
 
 
 def pick_device(choice: str) -> torch.device:

@@ -26,8 +26,12 @@ class ModelInputs:
     def rows(self) -> int:
         return int(self.target.shape[0])
 
+    def arrays(self) -> tuple[np.ndarray, ...]:
+        """The arrays in the order of the network's ``forward``."""
+        return tuple(getattr(self, f) for f in _FIELDS)
+
     def slice(self, start: int, stop: int) -> ModelInputs:
-        return ModelInputs(*(getattr(self, f)[start:stop] for f in _FIELDS))
+        return ModelInputs(*(a[start:stop] for a in self.arrays()))
 
 
 _FIELDS = ("target", "observed", "past_cov", "future_cov", "static", "feedback")
@@ -84,7 +88,7 @@ def concat_inputs(parts: list[ModelInputs]) -> ModelInputs:
     """Stack several requests' inputs into one batch."""
     if len(parts) == 1:
         return parts[0]
-    return ModelInputs(*(np.concatenate([getattr(p, f) for p in parts]) for f in _FIELDS))
+    return ModelInputs(*(np.concatenate(column) for column in zip(*(p.arrays() for p in parts), strict=True)))
 
 
 def probe_inputs(meta: dict, rows: int = 4) -> ModelInputs:

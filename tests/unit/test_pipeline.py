@@ -145,6 +145,7 @@ def test_cpu_workers_run_batches_side_by_side_each_single_threaded(tiny_model, t
 
 def test_workers_default_to_one_per_torch_thread_on_cpu_one_on_cuda(tiny_model, two_torch_threads) -> None:
     assert default_workers(torch.device("cpu")) == 2
+    assert default_workers(torch.device("cpu"), torch_threads=3) == 3  # another process's count
     assert default_workers(torch.device("cuda")) == 1
     predictor = Predictor.load(tiny_model, "cpu")
     assert predictor.workers == 2 and predictor.depth == 3  # a spare batch ready for each worker
