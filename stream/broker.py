@@ -197,8 +197,9 @@ class LocalBroker:
                 "kafka.tools.StorageTool",
                 "format",
                 "--standalone",
-                "-t",
-                cluster_id,
+                # Joined to its flag: a random id starts with "-" one time in 64, and on its own
+                # the tool would read it as an option and refuse to format.
+                f"--cluster-id={cluster_id}",
                 "-c",
                 str(props),
             ]
