@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import sys
 
-from bench import inference, ingest, latency, precision, processes, recovery, scale
+from bench import inference, ingest, latency, precision, processes, publish, recovery, scale
 
 BENCHMARKS = {
     "ingest": ingest.main,
     "inference": inference.main,
+    "publish": publish.main,
     "processes": processes.main,
     "precision": precision.main,
     "latency": latency.main,

@@ -9,9 +9,10 @@ from dataclasses import dataclass
 import numpy as np
 import orjson
 from kafka import KafkaProducer
-from kafka.producer.future import FutureRecordMetadata
+from kafka.producer.future import FutureProduceResult
 
 from state.buckets import bucket_start
+from stream.bulk_send import send_many
 from stream.errors import PublishError
 from stream.partitioner import key_partitions
 
@@ -74,27 +75,23 @@ class Publisher:
         self.dead_letter_topic = dead_letter_topic
         self._futures: list = []
 
-    def forecasts(self, item_ids: Sequence[str], messages: list[bytes]) -> list[FutureRecordMetadata]:
+    def forecasts(self, item_ids: Sequence[str], messages: list[bytes]) -> list[FutureProduceResult]:
         """Send one message per item, keyed by item id (so an item's forecasts stay in order).
 
         Each goes to the partition Kafka's default partitioner would choose for its key, hashed
-        for the whole batch at once (:func:`stream.partitioner.key_partitions`). Returns the future
-        of the last message sent to each partition: a partition's messages are acknowledged in
-        order, so when these are done, all are.
+        for the whole batch at once (:func:`stream.partitioner.key_partitions`), and all are
+        appended at once (:func:`stream.bulk_send.send_many`). Returns, per output partition, a
+        future that completes when the broker has acknowledged all of this call's messages there.
         """
         if len(item_ids) != len(messages):
             raise ValueError(f"{len(item_ids)} items but {len(messages)} messages")
-        send = self.producer.send
         topic = self.forecast_topic
-        futures = self._futures
         keys = [item.encode("utf-8") for item in item_ids]
         partitions = key_partitions(keys, self.producer.partitions_for(topic))
-        first = len(futures)
-        for key, msg, partition in zip(keys, messages, partitions.tolist(), strict=True):
-            futures.append(send(topic, value=msg, key=key, partition=partition))
-        # The last position of each partition: the first of each in the reversed column.
-        _, from_end = np.unique(partitions[::-1], return_index=True)
-        return [futures[first + len(keys) - 1 - i] for i in from_end.tolist()]
+        appended = send_many(self.producer, topic, partitions, keys, messages)
+        for a in appended:
+            self._futures.extend(a.batches)
+        return [a.last for a in appended]
 
     def dead_letter(
         self, value: bytes | None, key: bytes | None, reason: str, topic: str, partition: int, offset: int
@@ -133,6 +130,13 @@ class Publisher:
         except Exception as exc:
             raise PublishError(f"producer did not drain {len(futures)} messages within {timeout_s}s") from exc
         for fut in futures:
+            if not fut.is_done:
+                # A record batch the broker refused as too large is split and re-sent as new
+                # batches this call does not hold; refuse to call them acknowledged.
+                raise PublishError(
+                    "a batch of messages was split by the producer after the broker refused it as too large; "
+                    "raise the topic's max.message.bytes above the producer's batch size"
+                )
             if fut.failed():
                 raise PublishError(f"a message was not acknowledged: {fut.exception!r}") from fut.exception
         return len(futures)

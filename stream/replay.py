@@ -22,10 +22,13 @@ from pathlib import Path
 import numpy as np
 import orjson
 from kafka import KafkaProducer
+from kafka.producer.future import FutureProduceResult
 from tqdm import tqdm
 
 from model.history import read_history
-from stream.errors import MqcastError
+from stream.bulk_send import send_many
+from stream.errors import MqcastError, PublishError
+from stream.partitioner import key_partitions
 
 
 class ReplayFormatError(MqcastError, ValueError):
@@ -164,13 +167,15 @@ def replay(
 ) -> int:
     """Send the events keyed by item id; ``speed`` > 0 keeps event-time gaps divided by it.
 
-    Returns the number of events sent (all acknowledged: the producer is flushed at the end).
+    Returns the number of events sent (all acknowledged: the producer is flushed at the end;
+    a failed send raises :class:`stream.errors.PublishError`).
     """
     n = len(events)
     ids = events.event_ids
     t0_event = int(events.event_ms[0]) if n else 0
     t0_wall = clock()
     sent = 0
+    pending: list[FutureProduceResult] = []
     with tqdm(total=n, unit="ev", disable=not progress, desc="replay") as bar:
         for start in range(0, n, 1000):
             if stop is not None and stop():
@@ -186,9 +191,26 @@ def replay(
             qty = events.qty[start:stop_i].tolist()
             price = events.price[start:stop_i].tolist()
             eid = ids[start:stop_i].tolist() if ids is not None else [None] * (stop_i - start)
-            for item, t, q, p, e in zip(items, ms, qty, price, eid, strict=True):
-                producer.send(topic, value=encode_event(item, t, q, p, e), key=item.encode("utf-8"))
+            keys = [item.encode("utf-8") for item in items]
+            values = [encode_event(*event) for event in zip(items, ms, qty, price, eid, strict=True)]
+            # Kafka's default partitioner's choice, for the whole chunk at once; then one bulk append
+            # (a send per event cost the replay a quarter of a core at 10k events/s).
+            for appended in send_many(
+                producer, topic, key_partitions(keys, producer.partitions_for(topic)), keys, values
+            ):
+                pending.extend(appended.batches)
+            pending = _unacknowledged(pending)
             sent += stop_i - start
             bar.update(stop_i - start)
     producer.flush()
+    if _unacknowledged(pending):
+        raise PublishError("the producer gave up before the broker acknowledged every event")
     return sent
+
+
+def _unacknowledged(batches: list[FutureProduceResult]) -> list[FutureProduceResult]:
+    """The record batches still in flight; raises if one failed (its events were not stored)."""
+    for batch in batches:
+        if batch.failed():
+            raise PublishError(f"events were not acknowledged: {batch.exception!r}") from batch.exception
+    return [b for b in batches if not b.is_done]
