@@ -47,7 +47,7 @@ from model.baselines import (
 )
 from model.errors import ModelError
 from model.history import History
-from model.metrics import coverage, quantiles_cross, volatility, weighted_quantile_loss
+from model.metrics import coverage, quantile_hits, quantiles_cross, volatility, weighted_quantile_loss
 
 #: Spacing of evaluation origins by bucket unit.
 SPACING = {"h": 24, "D": 14, "W": 4, "M": 3}
@@ -145,6 +145,12 @@ def build_forecasters(
     return [make_forecaster(n, spec, feedback_replay) for n in names]
 
 
+#: How far a quantile's level may lie outside its shares of actuals below / at or below it and still
+#: count as calibrated: half the 0.05 the product allows the P10-P90 interval's coverage, so that
+#: two outer quantiles within it keep the interval within that.
+CALIBRATION_TOLERANCE = 0.025
+
+
 @dataclass
 class RungResult:
     """Scores and forecasts of one rung."""
@@ -159,6 +165,10 @@ class RungResult:
     predict_seconds: float
     forecasts: np.ndarray = field(repr=False)  # float32 [N, O, H, Q] at the evaluation origins
     info: dict = field(default_factory=dict)
+    # Per quantile: share of actuals strictly below the forecast, and at or below it (calibrated:
+    # the quantile level lies between them; see model.metrics.quantile_hits).
+    below: list[float] = field(default_factory=list)
+    at_or_below: list[float] = field(default_factory=list)
 
     def row(self, quantiles: Sequence[float]) -> dict[str, object]:
         """A flat table row."""
@@ -174,6 +184,18 @@ class RungResult:
                 "predict_s": self.predict_seconds,
             }
         )
+        for q, lt, le in zip(quantiles, self.below, self.at_or_below, strict=True):
+            out[f"below_p{round(q * 100):d}"] = lt
+            out[f"at_or_below_p{round(q * 100):d}"] = le
+        return out
+
+    def calibration_row(self, quantiles: Sequence[float]) -> dict[str, str]:
+        """Each quantile's shares below and at or below, as ``below-at_or_below`` text, marked "(off)"
+        where the level lies more than :data:`CALIBRATION_TOLERANCE` outside them."""
+        out = {"rung": self.name}
+        for q, lt, le in zip(quantiles, self.below, self.at_or_below, strict=True):
+            mark = "" if lt - CALIBRATION_TOLERANCE <= q <= le + CALIBRATION_TOLERANCE else " (off)"
+            out[f"p{round(q * 100):d}"] = f"{lt:.3f}-{le:.3f}{mark}"
         return out
 
 
@@ -205,15 +227,19 @@ class BacktestResult:
         return [r.row(self.quantiles) for r in self.rungs]
 
     def to_markdown(self) -> str:
-        """The table as GitHub Markdown."""
-        rows = self.rows()
-        if not rows:
+        """The table as GitHub Markdown, then the calibration table (each quantile's share of actuals
+        below it and at or below it; "(off)" where its level lies outside that range)."""
+        if not self.rungs:
             return ""
-        cols = list(rows[0])
-        head = "| " + " | ".join(cols) + " |"
-        rule = "|" + "|".join("---" if c == "rung" else "---:" for c in cols) + "|"
-        body = ["| " + " | ".join(_fmt(r[c]) for c in cols) + " |" for r in rows]
-        return "\n".join([head, rule, *body])
+        main = [
+            {k: v for k, v in r.row(self.quantiles).items() if not k.startswith(("below", "at_or"))}
+            for r in self.rungs
+        ]
+        tables = [_markdown(main)]
+        calibration = [r.calibration_row(self.quantiles) for r in self.rungs if r.below]
+        if calibration:
+            tables.append(_markdown(calibration))
+        return "\n\n".join(tables)
 
     def write_csv(self, path: Path) -> None:
         """The table as CSV."""
@@ -253,6 +279,14 @@ class BacktestResult:
         if plots and self.rungs:
             paths += plot_backtest(self, out)
         return paths
+
+
+def _markdown(rows: list[dict]) -> str:
+    cols = list(rows[0])
+    head = "| " + " | ".join(cols) + " |"
+    rule = "|" + "|".join("---" if c == "rung" else "---:" for c in cols) + "|"
+    body = ["| " + " | ".join(_fmt(r[c]) for c in cols) + " |" for r in rows]
+    return "\n".join([head, rule, *body])
 
 
 def _unit(freq: str) -> str:
@@ -398,6 +432,7 @@ def _score(
     per_q, mean = weighted_quantile_loss(y, p, q)
     by_h = [weighted_quantile_loss(y[:, :, h], p[:, :, h], q)[1] for h in range(plan.horizons)]
     cov = coverage(y, p[..., 0], p[..., -1])
+    below, at_or_below = quantile_hits(y, p)
     vol = float("nan")
     pairs = [(i, int(np.searchsorted(all_o, o + 1))) for i, o in zip(eval_idx, plan.origins, strict=True)]
     pairs = [(i, j) for i, j in pairs if j < all_o.size and all_o[j] == all_o[i] + 1]
@@ -422,6 +457,8 @@ def _score(
         predict_seconds=float(predict_s),
         forecasts=p,
         info={k: v for k, v in (getattr(f, "info", None) or {}).items() if isinstance(v, int | float | str)},
+        below=[float(v) for v in below],
+        at_or_below=[float(v) for v in at_or_below],
     )
 
 

@@ -36,6 +36,25 @@ def coverage(y: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> float:
     return float(((y[ok] >= lo[ok]) & (y[ok] <= hi[ok])).mean())
 
 
+def quantile_hits(y: np.ndarray, pred: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Share of actuals strictly below each quantile forecast, and at or below it, [Q] each.
+
+    For demand that takes whole values (many zeros above all), a calibrated ``tau`` forecast need
+    not have exactly ``tau`` of the actuals below it: a P10 of 0 is right whenever a tenth or more of
+    the demand is 0, and every 0 then sits on it. What calibration asks is that ``tau`` lies between
+    the two shares (``below <= tau <= at_or_below``); for continuous demand they coincide. Cells count
+    where ``y`` and every quantile are present.
+    """
+    y = np.asarray(y, dtype=np.float64)
+    pred = np.asarray(pred, dtype=np.float64)
+    ok = np.isfinite(y) & np.all(np.isfinite(pred), axis=-1)
+    if not ok.any():
+        nan = np.full(pred.shape[-1], np.nan)
+        return nan, nan.copy()
+    yy, pp = y[ok][:, None], pred[ok]
+    return (yy < pp).mean(axis=0), (yy <= pp).mean(axis=0)
+
+
 def volatility(forecasts: np.ndarray, y: np.ndarray, median_index: int | None = None) -> float:
     """How much successive forecasts of the same target move, relative to the demand level.
 

@@ -15,6 +15,7 @@ from histories import seasonal_history
 from model.backtest import (
     BacktestConfig,
     LeakageError,
+    RungResult,
     build_forecasters,
     make_plan,
     run_backtest,
@@ -122,6 +123,7 @@ def test_metrics_match_hand_computation():
         return bool(h.observed[i, col]) and first <= o
 
     loss = np.zeros(3)
+    below, at_or_below = np.zeros(3), np.zeros(3)
     total, inside, cells = 0.0, 0, 0
     for o in (12, 16):
         for i in range(3):
@@ -133,12 +135,16 @@ def test_metrics_match_hand_computation():
                 for j, q in enumerate(Q):
                     loss[j] += max(q * (y - p[j]), (q - 1) * (y - p[j]))
                 total += abs(y)
+                below += y < np.asarray(p)
+                at_or_below += y <= np.asarray(p)
                 inside += p[0] <= y <= p[2]
                 cells += 1
     want = 2 * loss / total
     np.testing.assert_allclose(res.wql_per_quantile, want, rtol=1e-6)  # forecasts are float32
     assert res.wql == pytest.approx(want.mean())
     assert res.coverage == pytest.approx(inside / cells)
+    np.testing.assert_allclose(res.below, below / cells)
+    np.testing.assert_allclose(res.at_or_below, at_or_below / cells)
 
     changes = []
     for o in (12, 16):
@@ -247,3 +253,24 @@ def test_command_line(tmp_path, capsys):
 
 def test_the_command_line_names_every_rung_in_ladder_order():
     assert tuple(RUNGS) == LADDER
+
+
+def test_calibration_row_marks_a_level_outside_its_shares_beyond_the_tolerance():
+    r = RungResult(
+        name="x",
+        wql=0.5,
+        wql_per_quantile=[0.1, 0.2, 0.3],
+        wql_by_horizon=[0.5],
+        coverage=0.9,
+        volatility=0.1,
+        train_seconds=1.0,
+        predict_seconds=1.0,
+        forecasts=np.zeros((1, 1, 1, 3), dtype=np.float32),
+        below=[0.0, 0.46, 0.93],  # a P10 of 0 on many zeros; a P90 a little high
+        at_or_below=[0.74, 0.46, 0.96],
+    )
+    row = r.calibration_row((0.1, 0.5, 0.9))
+    assert row == {"rung": "x", "p10": "0.000-0.740", "p50": "0.460-0.460 (off)", "p90": "0.930-0.960 (off)"}
+    assert r.row((0.1, 0.5, 0.9))["at_or_below_p10"] == 0.74
+    r.below, r.at_or_below = [0.08, 0.48, 0.92], [0.08, 0.48, 0.92]
+    assert "(off)" not in "".join(r.calibration_row((0.1, 0.5, 0.9)).values())

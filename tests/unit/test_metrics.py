@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from model.loss import pinball_loss
-from model.metrics import coverage, pinball, volatility, weighted_quantile_loss
+from model.metrics import coverage, pinball, quantile_hits, volatility, weighted_quantile_loss
 
 Q = np.array([0.1, 0.5, 0.9])
 
@@ -53,6 +53,15 @@ def test_coverage_counts_inside_the_interval_bounds_included():
     hi = np.array([2.0, 8.0, 9.0, 1.0, 1.0])
     assert coverage(y, lo, hi) == pytest.approx(2 / 3)
     assert np.isnan(coverage(np.array([np.nan]), np.array([0.0]), np.array([1.0])))
+
+
+def test_quantile_hits_count_actuals_below_and_on_each_forecast():
+    y = np.array([0.0, 0.0, 3.0, 7.0, np.nan])
+    pred = np.array([[0.0, 1.0, 4.0], [0.0, 0.0, 2.0], [0.0, 3.0, 5.0], [1.0, 2.0, 6.0], [0.0, 1.0, 2.0]])
+    below, at_or_below = quantile_hits(y, pred)
+    np.testing.assert_allclose(below, [0 / 4, 1 / 4, 3 / 4])  # strictly below P10 / P50 / P90
+    np.testing.assert_allclose(at_or_below, [2 / 4, 3 / 4, 3 / 4])
+    assert np.isnan(quantile_hits(np.array([np.nan]), np.zeros((1, 3)))[0]).all()
 
 
 def test_volatility_measures_revisions_of_the_same_target():
