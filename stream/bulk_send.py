@@ -187,9 +187,13 @@ def send_many(
         raise ValueError(f"{len(keys)} keys, {len(values)} values, {len(partitions)} partitions")
     if len(keys) == 0:
         return []
-    # The longest key with the longest value bounds every record's size, as send checks each one.
-    bound = DefaultRecordBatchBuilder.estimate_size_in_bytes(max(keys, key=len), max(values, key=len), [])
-    producer._ensure_valid_record_size(bound)
+    # send checks each record's size against max_request_size; the longest record decides for all.
+    n = len(keys)
+    sizes = np.fromiter(map(len, keys), np.int64, n) + np.fromiter(map(len, values), np.int64, n)
+    longest = int(np.argmax(sizes))
+    producer._ensure_valid_record_size(
+        DefaultRecordBatchBuilder.estimate_size_in_bytes(keys[longest], values[longest], [])
+    )
     if timestamp_ms is None:
         timestamp_ms = int(time.time() * 1000)
     part = np.asarray(partitions, dtype=np.int64)

@@ -9,7 +9,7 @@ from collections import defaultdict
 import numpy as np
 import pytest
 from kafka import KafkaConsumer, KafkaProducer
-from kafka.errors import KafkaError
+from kafka.errors import KafkaError, MessageSizeTooLargeError
 from kafka.structs import TopicPartition
 
 from stream.errors import PublishError
@@ -82,3 +82,16 @@ def test_a_batch_the_broker_refuses_as_too_large_is_not_called_acknowledged(boot
     finally:
         with contextlib.suppress(KafkaError):  # close flushes, which fails the same way
             producer.close(timeout=0)
+
+
+def test_a_message_over_the_request_size_is_refused_before_anything_is_appended(bootstrap, topic_factory):
+    topic = topic_factory(partitions=2)
+    producer = _producer(bootstrap, max_request_size=10_000)
+    publisher = Publisher(producer, topic, "unused-dead-letters")
+    try:
+        with pytest.raises(MessageSizeTooLargeError):
+            publisher.forecasts(["a", "b", "c"], [b"x" * 100, b"y" * 20_000, b"z" * 100])
+        assert publisher.in_flight == 0
+        assert not any(producer._accumulator._batches.values())
+    finally:
+        producer.close()
