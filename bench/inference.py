@@ -88,9 +88,13 @@ class Workload:
         ready = inputs_for(self.closed, "D", self.cfg.horizons, self.statics)
         return [torch.from_numpy(np.ascontiguousarray(a)).to(device) for a in ready.arrays()]
 
-    def _publish(self, piece: ClosedBucket, values: np.ndarray) -> None:
+    def _encode(self, piece: ClosedBucket, values: np.ndarray) -> list[bytes]:
+        return encode_forecasts(self.fmt, piece.item_ids, piece.bucket, values, 0)
+
+    def _publish(self, piece: ClosedBucket, values: np.ndarray, messages: list[bytes] | None) -> None:
         self.state.record_forecasts(piece.bucket, piece.rows, values)
-        encode_forecasts(self.fmt, piece.item_ids, piece.bucket, values, 0)
+        if messages is None:
+            self._encode(piece, values)
 
     def step(self, predictor: Predictor, batch: int, depth: int | None = None) -> None:
         """The service's own path: pieces of one model batch, each published when it is done,
@@ -104,8 +108,12 @@ class Workload:
             out,
             batch,
             [p.rows for _, p in pieces],
-            lambda i, values: self._publish(pieces[i][1].closed, values),
+            lambda i, values, messages: self._publish(pieces[i][1].closed, values, messages),
             depth=predictor.depth if depth is None else depth,
+            # As the service: with several workers, each encodes its batch's messages.
+            prepare=(lambda i, values: self._encode(pieces[i][1].closed, values))
+            if predictor.prepares_on_workers
+            else None,
         )
 
     def parts(self, predictor: Predictor, batch: int, rounds: int = 3) -> dict[str, float]:

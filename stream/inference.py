@@ -136,10 +136,20 @@ class Predictor:
             return 1
         return self.workers + 1
 
-    def submit(self, inputs: ModelInputs) -> Future[tuple[np.ndarray, float]]:
-        """Queue one batch with the model's threads; the future gives its forecasts [B, H, Q] and
-        the seconds its forward took (the time it waited in the queue not counted)."""
-        return self.on_model_thread(self._timed_forward, inputs)
+    @property
+    def prepares_on_workers(self) -> bool:
+        """Whether work on a batch's forecasts (the messages' JSON) should run on the model's
+        threads, right after the forward: with several workers one encodes while the others run
+        the model; a single worker (a GPU's, or a CPU thread team) would leave the model idle."""
+        return self.workers > 1
+
+    def submit(
+        self, inputs: ModelInputs, then: Callable[[np.ndarray], T] | None = None
+    ) -> Future[tuple[np.ndarray, float, T | None]]:
+        """Queue one batch with the model's threads; the future gives its forecasts [B, H, Q], the
+        seconds its forward took (the time it waited in the queue not counted) and, with ``then``,
+        ``then(forecasts)`` run on the same thread right after the forward (else None)."""
+        return self.on_model_thread(self._timed_forward, inputs, then)
 
     def on_model_thread(self, fn: Callable[..., T], *args: object) -> Future[T]:
         """Run ``fn(*args)`` on one of the model's threads, once the work queued before it has
@@ -184,10 +194,13 @@ class Predictor:
         if pool is not None:
             pool.shutdown(wait=True)
 
-    def _timed_forward(self, inputs: ModelInputs) -> tuple[np.ndarray, float]:
+    def _timed_forward(
+        self, inputs: ModelInputs, then: Callable[[np.ndarray], T] | None = None
+    ) -> tuple[np.ndarray, float, T | None]:
         t0 = time.perf_counter()
         out = self._forward(inputs)
-        return out, time.perf_counter() - t0
+        seconds = time.perf_counter() - t0
+        return out, seconds, then(out) if then is not None else None
 
     def _forward(self, inputs: ModelInputs) -> np.ndarray:
         with torch.inference_mode():

@@ -460,9 +460,18 @@ class ForecastService:
         # rest of it is still with the model.
         pieces = cut_at_batches(requests, self.cfg.batcher.max_batch)
 
-        def on_piece(p: int, values: np.ndarray) -> None:
+        fmt = self.format
+
+        def encode(p: int, values: np.ndarray) -> list[bytes] | None:
+            # Runs on a model worker (see prepares_on_workers): reads only the piece and the format.
+            _, piece = pieces[p]
+            if not piece.publish:
+                return None
+            return encode_forecasts(fmt, piece.closed.item_ids, piece.closed.bucket, values, produced_ms)
+
+        def on_piece(p: int, values: np.ndarray, messages: list[bytes] | None) -> None:
             origin, piece = pieces[p]
-            self._publish_request(origin, piece, values, produced_ms, acked)
+            self._publish_request(origin, piece, values, produced_ms, acked, messages)
 
         forecast_pipelined(
             self.predictor.submit,
@@ -473,6 +482,9 @@ class ForecastService:
             on_piece,
             on_batch,
             depth=self.predictor.depth,
+            # With several model workers, one encodes a batch's messages while the others run the
+            # model: 4-8% more forecasts/s at batch 1024 on two cores (`python -m bench inference`).
+            prepare=encode if self.predictor.prepares_on_workers else None,
         )
         self.publisher.flush()
         done = self.clock()
@@ -497,15 +509,17 @@ class ForecastService:
         values: np.ndarray,
         produced_ms: int,
         acked: dict[int, list[float]],
+        messages: list[bytes] | None = None,
     ) -> None:
         """Record one piece of request ``index`` in its ledger and, unless it replays output that
-        already went out, send it; ``acked[index]`` collects when its partitions' last sends are
-        acknowledged."""
+        already went out, send it (``messages``, or encoded here); ``acked[index]`` collects when
+        its partitions' last sends are acknowledged."""
         self.states[r.partition].record_forecasts(r.closed.bucket, r.closed.rows, values)
         self.observer.on_forecasts(r.partition, r.closed, values)
         if not r.publish:
             return
-        messages = encode_forecasts(self.format, r.closed.item_ids, r.closed.bucket, values, produced_ms)
+        if messages is None:
+            messages = encode_forecasts(self.format, r.closed.item_ids, r.closed.bucket, values, produced_ms)
         times = acked.setdefault(index, [])
         for last in self.publisher.forecasts(r.closed.item_ids, messages):
             # Runs on the producer's thread when the broker acknowledges the last message of one

@@ -40,15 +40,22 @@ class Recorder:
         self.executor = executor
         self.log: list[str] = []
         self.handed: list[tuple[int, np.ndarray]] = []
+        self.prepared: list[object] = []
         self.lock = threading.Lock()
 
-    def submit(self, inputs: ModelInputs) -> Future:
+    def submit(self, inputs: ModelInputs, then=None) -> Future:
         self.log.append(f"submit {inputs.rows}")
-        return self.executor.submit(lambda: (_model(inputs), 0.001))
 
-    def on_request(self, i: int, values: np.ndarray) -> None:
+        def run():
+            values = _model(inputs)
+            return values, 0.001, then(values) if then is not None else None
+
+        return self.executor.submit(run)
+
+    def on_request(self, i: int, values: np.ndarray, prepared: object) -> None:
         self.log.append(f"request {i}")
         self.handed.append((i, values.copy()))
+        self.prepared.append(prepared)
 
 
 @pytest.fixture
@@ -81,6 +88,33 @@ def test_a_request_is_handed_over_while_later_batches_still_run(recorder) -> Non
     assert recorder.log == ["submit 4", "submit 4", "request 0", "submit 4", "request 1"]
 
 
+def test_prepare_runs_on_the_model_thread_for_requests_inside_one_batch(recorder) -> None:
+    # Batches of 4 rows: requests 0 (rows 0-2) and 2 (rows 9-10) lie inside one batch, request 1
+    # (rows 3-8) spans three, request 3 has no rows.
+    where: dict[int, str] = {}
+
+    def prepare(i: int, values: np.ndarray) -> tuple[int, float]:
+        where[i] = threading.current_thread().name
+        return i, float(values.sum())
+
+    out = np.empty((11, H, Q), np.float32)
+    main = threading.current_thread().name
+    forecast_pipelined(
+        recorder.submit, _batch(11), out, 4, [3, 6, 2, 0], recorder.on_request, prepare=prepare
+    )
+    handed = dict(recorder.handed)
+    assert recorder.prepared == [(i, pytest.approx(float(handed[i].sum()))) for i in range(4)]
+    assert where[0] != main and where[2] != main  # the executor's thread, right after the forward
+    assert where[1] == main and where[3] == main
+
+
+def test_without_prepare_requests_are_handed_over_with_none(recorder) -> None:
+    forecast_pipelined(
+        recorder.submit, _batch(6), np.empty((6, H, Q), np.float32), 4, [2, 4], recorder.on_request
+    )
+    assert recorder.prepared == [None, None]
+
+
 def test_requests_must_cover_the_batch(recorder) -> None:
     out = np.empty((6, H, Q), np.float32)
     with pytest.raises(ValueError, match="cover 5 rows but the batch has 6"):
@@ -99,7 +133,8 @@ def test_predictor_runs_every_forward_on_its_own_thread(tiny_model) -> None:
 
     predictor._forward = spy  # type: ignore[method-assign]
     direct = predictor.predict(probe)
-    queued, seconds = predictor.submit(probe).result()
+    queued, seconds, nothing = predictor.submit(probe).result()
+    assert nothing is None
     np.testing.assert_array_equal(direct, queued)
     assert seconds > 0
     assert len(threads) == 1 and next(iter(threads)).startswith("mqcast-model")
@@ -160,7 +195,7 @@ def test_pipelined_forecasts_over_several_workers_equal_one_batch_at_a_time(tiny
     out = np.empty((23, *predictor.predict(batch.slice(0, 1)).shape[1:]), np.float32)
     handed: list[tuple[int, np.ndarray]] = []
     forecast_pipelined(
-        predictor.submit, batch, out, 4, [3, 9, 11], lambda i, v: handed.append((i, v.copy())), depth=4
+        predictor.submit, batch, out, 4, [3, 9, 11], lambda i, v, _: handed.append((i, v.copy())), depth=4
     )
     assert [i for i, _ in handed] == [0, 1, 2]
     np.testing.assert_array_equal(np.concatenate([v for _, v in handed]), out)
