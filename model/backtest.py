@@ -71,6 +71,7 @@ class BacktestConfig:
     max_seconds_per_rung: float = 180.0  # fit budget of the rungs that train iteratively
     calibrate: bool = True  # calibrate the MQ-CNN rungs' intervals (model/calibrate.py)
     feedback_window: int | None = None  # scored buckets the feedback rung attends over (None: default)
+    recent: int | None = None  # latest buckets the MQ-CNN rungs' decoder reads directly (None: default)
     leak_check: str = "first"  # "first", "all" (every evaluation origin) or "none"
     volatility_pairs: bool = True  # also forecast at t+1 for every evaluation origin t
     threads: int | None = 1  # torch CPU threads during the run; None leaves torch's setting
@@ -131,6 +132,7 @@ def spec_for(history: History, cfg: BacktestConfig) -> ForecastSpec:
         max_seconds=cfg.max_seconds_per_rung,
         calibrate=cfg.calibrate,
         feedback_window=cfg.feedback_window,
+        recent=cfg.recent,
     )
 
 

@@ -65,6 +65,7 @@ class ForecastSpec:
     max_seconds: float = 180.0  # wall-clock budget of one fit (the rungs that train iteratively)
     calibrate: bool = True  # MQ-CNN rungs: fit the interval's shifts on held-out targets (model/calibrate.py)
     feedback_window: int | None = None  # mqcnn-feedback: scored buckets attended over (None: the default)
+    recent: int | None = None  # MQ-CNN rungs: latest buckets the decoder reads directly (None: the default)
 
     def __post_init__(self) -> None:
         q = tuple(float(x) for x in self.quantiles)
@@ -967,6 +968,8 @@ class MQCNNForecaster:
         )
         if self.spec.feedback_window is not None:
             args = dataclasses.replace(args, feedback_window=self.spec.feedback_window)
+        if self.spec.recent is not None:
+            args = dataclasses.replace(args, recent=self.spec.recent)
         cfg = TrainConfig(
             seed=self.spec.seed,
             max_minutes=self.spec.max_seconds / 60.0,

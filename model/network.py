@@ -12,7 +12,9 @@ buckets: a single-head attention over previous forecasts' realised errors, the M
 feedback-aware decoding) to monotone, non-negative quantiles, shifted by the calibration fitted
 after training (``quantile_shift``, ``model/calibrate.py``) and multiplied back by the item's scale.
 Each horizon's known inputs are its calendar plus, with a ``season`` (opt-in), the item's demand one
-cycle before the target (relative to the scale, read from the window: a seasonal-naive input).
+cycle before the target (relative to the scale, read from the window: a seasonal-naive input). With
+``recent`` (weekly data: 8 by default), the global decoder also reads the item's latest buckets of
+demand directly, relative to the scale, as a forest reads lag features.
 
 ``forward_all`` makes a forecast at every time step in one pass (forking sequences, for training);
 ``forward`` is the serving entry and equals ``forward_all`` at the last step of a window of
@@ -59,6 +61,9 @@ class ModelArgs:
     # fit in the context, so the serving window holds it. Off by default: with season=52 on the weekly
     # set it improved validation wQL by 10% but made the rolling-origin backtest worse.
     season: int = 0
+    # Buckets of the item's latest demand (log1p of demand over the scale, 0 where unobserved) the
+    # global decoder reads directly, besides the encoding (0: none), as lag features would give it.
+    recent: int = 0
     # Scored buckets (newest first) the decoder attends over, besides the error averages (0: none).
     # Each is one block of the feedback input (``state.feedback``); used only with use_feedback.
     feedback_window: int = 0
@@ -82,6 +87,8 @@ class ModelArgs:
             raise ValueError("the encoder needs at least one dilation >= 1 and a kernel of 2 or more")
         if not 0 <= self.season <= self.context_length:
             raise ValueError(f"season must be in [0, context_length], got {self.season}")
+        if not 0 <= self.recent <= self.context_length:
+            raise ValueError(f"recent must be in [0, context_length], got {self.recent}")
         if self.receptive_field > self.context_length:
             raise ValueError(
                 f"the encoder sees {self.receptive_field} buckets but the context is {self.context_length}: "
@@ -104,7 +111,9 @@ class ModelArgs:
 def default_args_for(freq: str) -> ModelArgs:
     """Context and horizons that suit a bucket unit (``h``, ``D``, ``W``, ``M``)."""
     if freq == "W":
-        return ModelArgs(context_length=52, horizons=8, dilations=(1, 2, 4, 8, 16))
+        # The latest 8 weeks read directly: on the Walmart backtest wQL 0.0616 / 0.0602 against
+        # 0.0648 / 0.0639 without (seeds 0 / 1); on daily retail it changed nothing (0.6489 / 0.6495).
+        return ModelArgs(context_length=52, horizons=8, dilations=(1, 2, 4, 8, 16), recent=8)
     if freq == "M":
         return ModelArgs(context_length=24, horizons=6, dilations=(1, 2, 4, 8))
     if freq == "h":
@@ -251,6 +260,7 @@ class MQCNN(nn.Module):
         self.register_buffer("compute_dtype", torch.zeros(0), persistent=False)
         # Seasonal lags: horizon h reads the bucket season * ceil(h / season) before its target,
         # i.e. ``season_lag[h-1]`` buckets before the origin (log1p of demand / scale, observed flag).
+        self.recent = args.recent
         self.season = args.season
         self.n_seasonal = 2 if args.season > 0 else 0
         lags = [args.season * math.ceil(h / max(1, args.season)) - h for h in range(1, args.horizons + 1)]
@@ -271,6 +281,7 @@ class MQCNN(nn.Module):
         n_attended = args.attention_dim if self.fb_attention is not None else 0
         g_in = (
             args.channels
+            + args.recent
             + 1  # log scale
             + args.horizons * n_known
             + args.n_static * args.static_dim
@@ -343,12 +354,25 @@ class MQCNN(nn.Module):
             h = layer.sparse(h)
         return h[:, -1]
 
+    def _recent(self, target: Tensor, observed: Tensor, scale: Tensor) -> Tensor:
+        """The last ``recent`` buckets' demand up to each step, relative to that step's scale:
+        target/observed [B,T], scale [B,T] -> [B,T,recent] (oldest first, zeros before the start)."""
+        b, t = target.shape[0], target.shape[1]
+        if self.recent == 0:
+            return target.new_zeros((b, t, 0))
+        demand = F.pad(target.clamp(min=0.0) * observed, (self.recent - 1, 0)).unfold(1, self.recent, 1)
+        return torch.log1p(demand / scale.unsqueeze(-1))
+
     @torch.jit.export
     def encode(self, target: Tensor, observed: Tensor, past_cov: Tensor) -> Tensor:
-        """Encoder states at every step: target/observed [B,T], past_cov [B,T,Cp] -> [B,T,C]."""
+        """Encoder states at every step: target/observed [B,T], past_cov [B,T,Cp] -> [B,T,C + recent]
+        (with ``recent``, the latest demand follows the convolutions' channels)."""
         h = self._encoder_input(target, observed, past_cov)
         for layer in self.encoder:
             h = layer(h)
+        if self.recent > 0:
+            recent = self._recent(target, observed, self.rolling_scale(target, observed))
+            h = torch.cat([h, recent.to(h.dtype)], dim=-1)
         return h
 
     @torch.jit.export
@@ -456,6 +480,10 @@ class MQCNN(nn.Module):
         torch._assert(target.shape[1] == self.context_length, "the window must be context_length long")
         enc = self._encode_last(self._encoder_input(target, observed, past_cov))
         scale = 1.0 + self._rolling_mean(target, observed, self.context_length)[:, -1]
+        if self.recent > 0:
+            k = self.context_length - self.recent
+            recent = self._recent(target[:, k:], observed[:, k:], scale.unsqueeze(1).expand(-1, self.recent))
+            enc = torch.cat([enc, recent[:, -1].to(enc.dtype)], dim=-1)
         seasonal = self.seasonal_inputs(target, observed)[:, -1]
         return self.decode(enc, scale, future_cov, self.embed_static(static), feedback, seasonal)
 

@@ -75,6 +75,13 @@ def add_backtest_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="scored buckets the mqcnn-feedback rung attends over (default 0: the error averages only)",
     )
+    parser.add_argument(
+        "--recent",
+        type=non_negative_int,
+        default=None,
+        help="latest buckets the MQ-CNN rungs' decoder reads directly (default: the model's for the "
+        "data's bucket)",
+    )
     parser.add_argument("--no-plots", action="store_true", help="tables only")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
 
@@ -108,6 +115,7 @@ def run_backtest_command(args: argparse.Namespace, feedback_replay: FeedbackRepl
             max_seconds_per_rung=60.0 * args.max_minutes_per_rung,
             calibrate=args.calibrate,
             feedback_window=args.feedback_window,
+            recent=args.recent,
             leak_check=args.leak_check,
             threads=args.threads,
         )

@@ -199,6 +199,13 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
         default=None,
         help="scored buckets the decoder attends over (default 0: the error averages only)",
     )
+    p.add_argument(
+        "--recent",
+        type=non_negative_int,
+        default=None,
+        help="latest buckets the decoder reads directly, besides the encoding (default: the model's for "
+        "the data's bucket)",
+    )
     p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
     p.add_argument(
         "--calibrate",

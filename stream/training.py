@@ -47,6 +47,7 @@ def train_artifact(
     max_minutes: float | None = None,
     feedback_stages: int | None = None,
     feedback_window: int | None = None,
+    recent: int | None = None,
     seed: int = 0,
     calibrate: bool = True,
     threads: int | None = None,
@@ -69,6 +70,8 @@ def train_artifact(
         overrides["horizons"] = horizons
     if feedback_window is not None:
         overrides["feedback_window"] = feedback_window
+    if recent is not None:
+        overrides["recent"] = recent
     args = dataclasses.replace(args, **overrides)
 
     cfg = TrainConfig()
@@ -137,6 +140,7 @@ def run_train(args: argparse.Namespace) -> int:
         max_minutes=args.max_minutes,
         feedback_stages=args.feedback_stages,
         feedback_window=args.feedback_window,
+        recent=args.recent,
         seed=args.seed,
         calibrate=args.calibrate,
         threads=args.threads,

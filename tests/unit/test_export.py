@@ -85,6 +85,18 @@ def test_scripted_attention_over_scored_buckets_equals_eager(exported_with_windo
         torch.testing.assert_close(scripted(*x), model(*x), rtol=0, atol=0)
 
 
+def test_scripted_model_reading_the_latest_buckets_equals_eager(tmp_path):
+    args = ModelArgs(n_static=1, recent=14)
+    torch.manual_seed(0)
+    model = MQCNN(args).eval()
+    meta = export_model(model, args, tmp_path / "recent.pt", _meta())
+    assert meta["model_args"]["recent"] == 14
+    scripted, _ = load_model(tmp_path / "recent.pt")
+    x = _window(args)
+    with torch.no_grad():
+        torch.testing.assert_close(scripted(*x), model(*x), rtol=0, atol=0)
+
+
 def test_scripted_model_runs_on_cpu_after_a_round_trip(exported):
     _, args, path, _ = exported
     scripted, _ = load_model(path, "cpu")

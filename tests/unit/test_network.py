@@ -40,8 +40,10 @@ def _model(args: ModelArgs, seed: int = 0) -> MQCNN:
         ModelArgs(context_length=30, horizons=5, dilations=(1, 3, 9), kernel_size=3, n_static=1),
         dataclasses.replace(default_args_for("W"), n_static=2, season=52),
         dataclasses.replace(default_args_for("D"), n_static=1, feedback_window=5),
+        dataclasses.replace(default_args_for("W"), n_static=1, recent=8),
+        dataclasses.replace(default_args_for("M"), recent=24),  # the whole window
     ],
-    ids=["D", "W", "M", "kernel3", "W-season", "D-feedback-window"],
+    ids=["D", "W", "M", "kernel3", "W-season", "D-feedback-window", "W-recent", "M-recent-all"],
 )
 def test_serving_forward_equals_training_pass_at_every_full_window(args):
     model = _model(args)
@@ -203,3 +205,21 @@ def test_input_spec_names_forward_arguments_in_order():
     assert spec["static"] == (("B", "2"), "int64")
     assert spec["past_cov"][0] == ("B", str(args.context_length), str(args.n_past_cov))
     assert spec["feedback"][0] == ("B", str(args.n_feedback)) and args.n_feedback == 3 + len(args.quantiles)
+
+
+def test_latest_buckets_must_fit_in_the_context():
+    with pytest.raises(ValueError, match="recent must be in"):
+        ModelArgs(context_length=20, dilations=(1, 2, 4), recent=21)
+
+
+def test_the_decoder_reads_the_latest_buckets_directly():
+    args = dataclasses.replace(default_args_for("W"), recent=8)
+    assert default_args_for("W").recent == 8 and default_args_for("D").recent == 0
+    model = _model(args)
+    target, observed, past, fut, static, fb = _inputs(args, 2, args.context_length)
+    with torch.no_grad():
+        base = model(target, observed, past, fut[:, -1], static, fb[:, -1])
+        # The encoder sees the last bucket too; switching the direct path off must still change the output.
+        model.global_mlp[0].weight[:, args.channels : args.channels + args.recent] = 0.0
+        without = model(target, observed, past, fut[:, -1], static, fb[:, -1])
+    assert not torch.allclose(base, without)
