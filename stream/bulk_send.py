@@ -159,11 +159,12 @@ def append_records(
                         continue
         finally:
             accumulator._appends_in_progress.decrement()
-        # No open batch, or it is full: the accumulator starts one with this record.
-        accumulator.append(tp, timestamp_ms, keys[i], values[i], [], now=now)
+        # No open batch, or it is full: the accumulator starts one with this record. Its batch is
+        # taken from the record's future, not the deque, which the sender may have drained since.
+        future = accumulator.append(tp, timestamp_ms, keys[i], values[i], [], now=now)[0]
         i += 1
-        with accumulator._tp_lock(tp):
-            touched.append(accumulator._batches[tp][-1].produce_future)
+        if not touched or touched[-1] is not future._produce_future:
+            touched.append(future._produce_future)
     return touched
 
 
