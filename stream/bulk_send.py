@@ -1,15 +1,15 @@
 """Append a whole column of records to a kafka-python producer at once.
 
-``KafkaProducer.send`` costs 17-27 us per record on the development machine (checks, serialisers,
+``KafkaProducer.send`` costs 16-36 us per record on the development machine (checks, serialisers,
 the partitioner, a size estimate, a lock, a record future and a record encoded byte by byte in
 Python), which made the producer the largest part of a bucket's latency: 10k forecasts spent about
-200 ms in ``send`` alone. Forecasts arrive as a batch whose partitions are already known, so this
-module writes them straight into the producer's open record batches: one lock per partition and
-batch, each record's bytes assembled from precomputed varints, and one future per record batch
-rather than per record (``python -m bench publish`` measures both).
+200 ms in ``send`` alone, even with their partitions given. Forecasts arrive as a batch whose
+partitions are already known, so this module writes them straight into the producer's open record
+batches: one lock per partition and batch, each record's bytes assembled from precomputed varints,
+and one future per record batch rather than per record (``python -m bench publish`` measures both).
 
 It reaches into the producer's accumulator, so it is tied to the kafka-python release pinned in
-pyproject.toml; ``tests/test_bulk_send.py`` checks that it writes the very bytes the accumulator's own
+pyproject.toml; ``tests/unit/test_bulk_send.py`` checks that it writes the very bytes the accumulator's own
 ``append`` writes, so an upgrade that changes the layout fails there first. The record batch format
 is Kafka's v2 (magic 2), the only one brokers of the supported versions take.
 

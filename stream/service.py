@@ -483,7 +483,8 @@ class ForecastService:
             on_batch,
             depth=self.predictor.depth,
             # With several model workers, one encodes a batch's messages while the others run the
-            # model: 4-8% more forecasts/s at batch 1024 on two cores (`python -m bench inference`).
+            # model: 3.5-8% more forecasts/s at batch 1024 on two cores (the inference bench's step,
+            # both ways alternated in one process).
             prepare=encode if self.predictor.prepares_on_workers else None,
         )
         self.publisher.flush()
