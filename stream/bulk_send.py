@@ -35,6 +35,7 @@ from kafka.record.util import encode_varint
 from kafka.structs import TopicPartition
 
 from stream.errors import PublishError
+from stream.partitioner import key_partitions
 
 
 def _varint(value: int) -> bytes:
@@ -214,3 +215,19 @@ def send_many(
         out.append(Appended(p, batches))
     producer._sender.wakeup()
     return out
+
+
+def send_keyed(
+    producer: KafkaProducer, topic: str, keys: Sequence[bytes], values: Sequence[bytes]
+) -> list[Appended]:
+    """:func:`send_many` to the partitions Kafka's default partitioner would choose for ``keys``,
+    hashed for the whole column at once (:func:`stream.partitioner.key_partitions`)."""
+    return send_many(producer, topic, key_partitions(keys, producer.partitions_for(topic)), keys, values)
+
+
+def unacknowledged(futures: list) -> list:
+    """The sends of ``futures`` still in flight; raises :class:`PublishError` if one failed."""
+    for fut in futures:
+        if fut.failed():
+            raise PublishError(f"a message was not acknowledged: {fut.exception!r}") from fut.exception
+    return [f for f in futures if not f.is_done]

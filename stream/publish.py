@@ -12,9 +12,8 @@ from kafka import KafkaProducer
 from kafka.producer.future import FutureProduceResult
 
 from state.buckets import bucket_start
-from stream.bulk_send import send_many
+from stream.bulk_send import send_keyed, unacknowledged
 from stream.errors import PublishError
-from stream.partitioner import key_partitions
 
 #: Version of the forecast message contract (DESIGN.md); bump it when a field changes meaning.
 FORECAST_SCHEMA = 1
@@ -79,16 +78,14 @@ class Publisher:
         """Send one message per item, keyed by item id (so an item's forecasts stay in order).
 
         Each goes to the partition Kafka's default partitioner would choose for its key, hashed
-        for the whole batch at once (:func:`stream.partitioner.key_partitions`), and all are
-        appended at once (:func:`stream.bulk_send.send_many`). Returns, per output partition, a
-        future that completes when the broker has acknowledged all of this call's messages there.
+        for the whole batch at once, and all are appended at once
+        (:func:`stream.bulk_send.send_keyed`). Returns, per output partition, a future that
+        completes when the broker has acknowledged all of this call's messages there.
         """
         if len(item_ids) != len(messages):
             raise ValueError(f"{len(item_ids)} items but {len(messages)} messages")
-        topic = self.forecast_topic
         keys = [item.encode("utf-8") for item in item_ids]
-        partitions = key_partitions(keys, self.producer.partitions_for(topic))
-        appended = send_many(self.producer, topic, partitions, keys, messages)
+        appended = send_keyed(self.producer, self.forecast_topic, keys, messages)
         for a in appended:
             self._futures.extend(a.batches)
         return [a.last for a in appended]
@@ -129,14 +126,11 @@ class Publisher:
             self.producer.flush(timeout=timeout_s)
         except Exception as exc:
             raise PublishError(f"producer did not drain {len(futures)} messages within {timeout_s}s") from exc
-        for fut in futures:
-            if not fut.is_done:
-                # A record batch the broker refused as too large is split and re-sent as new
-                # batches this call does not hold; refuse to call them acknowledged.
-                raise PublishError(
-                    "a batch of messages was split by the producer after the broker refused it as too large; "
-                    "raise the topic's max.message.bytes above the producer's batch size"
-                )
-            if fut.failed():
-                raise PublishError(f"a message was not acknowledged: {fut.exception!r}") from fut.exception
+        if unacknowledged(futures):
+            # A record batch the broker refused as too large is split and re-sent as new batches
+            # this call does not hold; refuse to call them acknowledged.
+            raise PublishError(
+                "a batch of messages was split by the producer after the broker refused it as too large; "
+                "raise the topic's max.message.bytes above the producer's batch size"
+            )
         return len(futures)

@@ -471,7 +471,9 @@ class ForecastService:
 
         def on_piece(p: int, values: np.ndarray, messages: list[bytes] | None) -> None:
             origin, piece = pieces[p]
-            self._publish_request(origin, piece, values, produced_ms, acked, messages)
+            if messages is None:  # not encoded on a worker
+                messages = encode(p, values)
+            self._publish_request(origin, piece, values, acked, messages)
 
         forecast_pipelined(
             self.predictor.submit,
@@ -508,19 +510,16 @@ class ForecastService:
         index: int,
         r: ForecastRequest,
         values: np.ndarray,
-        produced_ms: int,
         acked: dict[int, list[float]],
-        messages: list[bytes] | None = None,
+        messages: list[bytes] | None,
     ) -> None:
         """Record one piece of request ``index`` in its ledger and, unless it replays output that
-        already went out, send it (``messages``, or encoded here); ``acked[index]`` collects when
-        its partitions' last sends are acknowledged."""
+        already went out, send its ``messages`` (None only for a piece that does not publish);
+        ``acked[index]`` collects when its partitions' last sends are acknowledged."""
         self.states[r.partition].record_forecasts(r.closed.bucket, r.closed.rows, values)
         self.observer.on_forecasts(r.partition, r.closed, values)
         if not r.publish:
             return
-        if messages is None:
-            messages = encode_forecasts(self.format, r.closed.item_ids, r.closed.bucket, values, produced_ms)
         times = acked.setdefault(index, [])
         for last in self.publisher.forecasts(r.closed.item_ids, messages):
             # Runs on the producer's thread when the broker acknowledges the last message of one
