@@ -85,6 +85,13 @@ def default_model(tmp: Path, feedback_window: int | None = None) -> Path:
     return path
 
 
+def positive_int_list(text: str) -> list[int]:
+    """An argparse type: comma-separated positive integers, in order."""
+    from stream.config import positive_int
+
+    return [positive_int(x) for x in text.split(",")]
+
+
 def precision_list(text: str) -> tuple[str, ...]:
     """An argparse type: comma-separated precisions (``stream.inference.PRECISIONS`` keys), in order."""
     from stream.inference import PRECISIONS

@@ -27,7 +27,7 @@ import torch
 from kafka import KafkaProducer
 from prometheus_client import CollectorRegistry
 
-from bench.common import bootstrap_server, default_model, gather, machine, table
+from bench.common import bootstrap_server, default_model, gather, machine, positive_int_list, table
 from model.export import load_model
 from state.partition import ClosedBucket
 from stream.batcher import BatcherConfig
@@ -40,7 +40,7 @@ from stream.config import (
     positive_int,
 )
 from stream.inference import Predictor, default_workers, pick_device
-from stream.publish import ForecastFormat, encode_forecasts
+from stream.publish import PRODUCER_SETTINGS, ForecastFormat, encode_forecasts
 from stream.service import ForecastService, ServiceObserver
 from stream.topics import ensure_topics, service_topics
 
@@ -262,9 +262,7 @@ def _forecast_message(model: Path) -> bytes:
 def _bare_producer_ms(bootstrap: str, topic: str, items: int, message: bytes, rounds: int = 3) -> float:
     """The client's own floor for one bucket's forecasts: ``items`` keyed messages of the service's
     size through a bare idempotent producer, sent and acknowledged (best of ``rounds``)."""
-    producer = KafkaProducer(
-        bootstrap_servers=bootstrap, enable_idempotence=True, acks="all", linger_ms=5, batch_size=256 * 1024
-    )
+    producer = KafkaProducer(bootstrap_servers=bootstrap, **PRODUCER_SETTINGS)
     try:
         producer.partitions_for(topic)
         keys = [f"item-{i}".encode() for i in range(items)]
@@ -284,7 +282,7 @@ def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument(
         "--items",
-        type=lambda text: [positive_int(x) for x in text.split(",")],
+        type=positive_int_list,
         default=[10_000],
         help="items, or a comma-separated list of loads for a latency curve (default: 10000)",
     )
@@ -294,7 +292,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--max-delay-ms", type=float, default=20.0)
     p.add_argument(
         "--members",
-        type=lambda text: [positive_int(x) for x in text.split(",")],
+        type=positive_int_list,
         default=[1],
         help=f"group members (processes), or a comma-separated list; at most {PARTITIONS} (default: 1)",
     )

@@ -19,24 +19,19 @@ from __future__ import annotations
 import argparse
 import time
 import uuid
+from collections.abc import Callable
+from functools import partial
 
 import numpy as np
 from kafka import KafkaProducer
 from kafka.admin import KafkaAdminClient, NewTopic
 
-from bench.common import bootstrap_server, machine, table
+from bench.common import bootstrap_server, machine, positive_int_list, table
 from stream.config import positive_int
 from stream.partitioner import key_partitions
-from stream.publish import ForecastFormat, Publisher, encode_forecasts
+from stream.publish import PRODUCER_SETTINGS, ForecastFormat, Publisher, encode_forecasts
 
 PARTITIONS = 4
-
-
-def _producer(bootstrap: str) -> KafkaProducer:
-    # The service's producer settings (stream/service.py), without a transaction.
-    return KafkaProducer(
-        bootstrap_servers=bootstrap, enable_idempotence=True, acks="all", linger_ms=5, batch_size=256 * 1024
-    )
 
 
 def _messages(n: int) -> tuple[list[str], list[bytes]]:
@@ -47,43 +42,32 @@ def _messages(n: int) -> tuple[list[str], list[bytes]]:
     return items, encode_forecasts(fmt, items, 20_000, np.sort(values, axis=-1), int(time.time() * 1000))
 
 
-def _bare(
-    producer: KafkaProducer, topic: str, items: list[str], messages: list[bytes]
-) -> tuple[float, float]:
-    t0 = time.perf_counter()
+def _bare(producer: KafkaProducer, topic: str, items: list[str], messages: list[bytes]) -> None:
     send = producer.send
     for item, msg in zip(items, messages, strict=True):
         send(topic, value=msg, key=item.encode("utf-8"))
-    t1 = time.perf_counter()
-    producer.flush()
-    return t1 - t0, time.perf_counter() - t0
 
 
-def _hashed(
-    producer: KafkaProducer, topic: str, items: list[str], messages: list[bytes]
-) -> tuple[float, float]:
+def _hashed(producer: KafkaProducer, topic: str, items: list[str], messages: list[bytes]) -> None:
     """A send per message to a partition hashed for the whole batch (the publisher before bulk append)."""
-    t0 = time.perf_counter()
     keys = [item.encode("utf-8") for item in items]
     partitions = key_partitions(keys, producer.partitions_for(topic)).tolist()
     send = producer.send
     for key, msg, partition in zip(keys, messages, partitions, strict=True):
         send(topic, value=msg, key=key, partition=partition)
-    t1 = time.perf_counter()
-    producer.flush()
-    return t1 - t0, time.perf_counter() - t0
 
 
-def _ours(publisher: Publisher, items: list[str], messages: list[bytes]) -> tuple[float, float]:
+def _timed(send: Callable[[], object], flush: Callable[[], object]) -> tuple[float, float]:
+    """Seconds to append (``send``), and to have everything acknowledged (``send`` then ``flush``)."""
     t0 = time.perf_counter()
-    publisher.forecasts(items, messages)
+    send()
     t1 = time.perf_counter()
-    publisher.flush()
+    flush()
     return t1 - t0, time.perf_counter() - t0
 
 
 def run(sizes: list[int], rounds: int) -> list[tuple[str, str]]:
-    """Best-of-``rounds`` append and acknowledged times for each batch size, both sides."""
+    """Best-of-``rounds`` append and acknowledged times for each batch size, every side."""
     rows: list[tuple[str, str]] = []
     with bootstrap_server() as bootstrap:
         topic = f"bench-publish-{uuid.uuid4().hex[:8]}"
@@ -92,41 +76,44 @@ def run(sizes: list[int], rounds: int) -> list[tuple[str, str]]:
             admin.create_topics([NewTopic(topic, PARTITIONS, 1)])
         finally:
             admin.close()
-        bare_producer, our_producer = _producer(bootstrap), _producer(bootstrap)
+        bare_producer = KafkaProducer(bootstrap_servers=bootstrap, **PRODUCER_SETTINGS)
+        our_producer = KafkaProducer(bootstrap_servers=bootstrap, **PRODUCER_SETTINGS)
         publisher = Publisher(our_producer, topic, f"{topic}-dead-letters")
         try:
             for p in (bare_producer, our_producer):
                 p.partitions_for(topic)
             for n in sizes:
                 items, messages = _messages(n)
-                size = sum(map(len, messages)) / n
-                bare, hashed, ours = [], [], []
+                sides = {
+                    f"{n:,} messages ({sum(map(len, messages)) / n:.0f} B each): bare send loop": (
+                        partial(_bare, bare_producer, topic, items, messages),
+                        bare_producer.flush,
+                    ),
+                    f"{n:,} messages: send loop, partitions hashed per batch": (
+                        partial(_hashed, bare_producer, topic, items, messages),
+                        bare_producer.flush,
+                    ),
+                    f"{n:,} messages: publisher (bulk append)": (
+                        partial(publisher.forecasts, items, messages),
+                        publisher.flush,
+                    ),
+                }
+                times: dict[str, list[tuple[float, float]]] = {name: [] for name in sides}
                 for _ in range(rounds):
-                    bare.append(_bare(bare_producer, topic, items, messages))
-                    hashed.append(_hashed(bare_producer, topic, items, messages))
-                    ours.append(_ours(publisher, items, messages))
-                b_send, b_total = min(s for s, _ in bare), min(t for _, t in bare)
-                h_send, h_total = min(s for s, _ in hashed), min(t for _, t in hashed)
-                o_send, o_total = min(s for s, _ in ours), min(t for _, t in ours)
-                rows += [
-                    (
-                        f"{n:,} messages ({size:.0f} B each): bare send loop",
-                        f"append {1e6 * b_send / n:.2f} us/msg; acknowledged {1e3 * b_total:.0f} ms "
-                        f"({n / b_total:,.0f} msg/s)",
-                    ),
-                    (
-                        f"{n:,} messages: send loop, partitions hashed per batch",
-                        f"append {1e6 * h_send / n:.2f} us/msg; acknowledged {1e3 * h_total:.0f} ms "
-                        f"({n / h_total:,.0f} msg/s)",
-                    ),
-                    (
-                        f"{n:,} messages: publisher (bulk append)",
-                        f"append {1e6 * o_send / n:.2f} us/msg; acknowledged {1e3 * o_total:.0f} ms "
-                        f"({n / o_total:,.0f} msg/s); bare / ours: append {b_send / o_send:.1f}x, "
-                        f"acknowledged {b_total / o_total:.1f}x; hashed / ours: acknowledged "
-                        f"{h_total / o_total:.1f}x",
-                    ),
-                ]
+                    for name, (send, flush) in sides.items():
+                        times[name].append(_timed(send, flush))
+                best = [(min(s for s, _ in t), min(a for _, a in t)) for t in times.values()]
+                (b_send, b_acked), (_, h_acked), (o_send, o_acked) = best
+                ratios = (
+                    f"; bare / ours: append {b_send / o_send:.1f}x, acknowledged {b_acked / o_acked:.1f}x; "
+                    f"hashed / ours: acknowledged {h_acked / o_acked:.1f}x"
+                )
+                for k, (name, (send_s, acked_s)) in enumerate(zip(sides, best, strict=True)):
+                    figure = (
+                        f"append {1e6 * send_s / n:.2f} us/msg; acknowledged {1e3 * acked_s:.0f} ms "
+                        f"({n / acked_s:,.0f} msg/s)"
+                    )
+                    rows.append((name, figure + (ratios if k == len(sides) - 1 else "")))
         finally:
             bare_producer.close()
             our_producer.close()
@@ -137,7 +124,7 @@ def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument(
         "--messages",
-        type=lambda text: [positive_int(x) for x in text.split(",")],
+        type=positive_int_list,
         default=[1_000, 10_000, 100_000],
         help="forecast messages per batch, comma-separated (default: 1000,10000,100000)",
     )

@@ -18,6 +18,17 @@ from stream.errors import PublishError
 #: Version of the forecast message contract (DESIGN.md); bump it when a field changes meaning.
 FORECAST_SCHEMA = 1
 
+#: The output producer's delivery and batching settings: idempotent, acknowledged by every replica,
+#: large batches after a short linger. The service uses them, and the benches that compare against
+#: the bare client give it the same.
+PRODUCER_SETTINGS: dict[str, object] = {
+    "enable_idempotence": True,
+    "acks": "all",
+    "linger_ms": 5,
+    "batch_size": 256 * 1024,
+    "compression_type": None,
+}
+
 
 @dataclass(frozen=True)
 class ForecastFormat:

@@ -43,7 +43,7 @@ from stream.inputs import StaticTable, concat_inputs, inputs_for
 from stream.metrics import ServiceMetrics
 from stream.observer import ServiceObserver
 from stream.pipeline import forecast_pipelined
-from stream.publish import ForecastFormat, Publisher, encode_forecasts
+from stream.publish import PRODUCER_SETTINGS, ForecastFormat, Publisher, encode_forecasts
 from stream.reload import ModelWatcher
 from stream.topics import TopicSpec, ensure_topics
 
@@ -236,12 +236,8 @@ class ForecastService:
         producer = KafkaProducer(
             bootstrap_servers=k.bootstrap,
             client_id=f"{k.client_id}-producer",
-            enable_idempotence=True,
             transactional_id=self._transactional_id() if self.exactly_once else None,
-            acks="all",
-            linger_ms=5,
-            batch_size=256 * 1024,
-            compression_type=None,
+            **PRODUCER_SETTINGS,
         )
         self.publisher = Publisher(producer, k.forecast_topic, k.dead_letter_topic)
         # Pay the one-time costs now rather than in the first forecasts' latency: the output topics'
