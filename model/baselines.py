@@ -66,6 +66,7 @@ class ForecastSpec:
     calibrate: bool = True  # MQ-CNN rungs: fit the interval's shifts on held-out targets (model/calibrate.py)
     feedback_window: int | None = None  # mqcnn-feedback: scored buckets attended over (None: the default)
     recent: int | None = None  # MQ-CNN rungs: latest buckets the decoder reads directly (None: the default)
+    ema_decay: float | None = None  # MQ-CNN rungs: weight averaging (model.train.TrainConfig; None: default)
 
     def __post_init__(self) -> None:
         q = tuple(float(x) for x in self.quantiles)
@@ -766,9 +767,11 @@ class _MLPQuantiles(nn.Module):
         if self.n_static:
             parts.append(self.emb(static + self.offset).reshape(b, -1))
         raw = self.net(torch.cat(parts, dim=1)).reshape(b, self.horizons, self.n_quantiles)
-        # Non-crossing by construction: a free base plus positive increments; ReLU for non-negative.
+        # Non-crossing by construction: a free base plus positive increments; ReLU for non-negative,
+        # except in training, where outputs below zero must still get a gradient (as in the MQ-CNN's
+        # decoder, model/network.py).
         q = raw[..., :1] + torch.cumsum(F.pad(F.softplus(raw[..., 1:]), (1, 0)), dim=-1)
-        return F.relu(q)
+        return q if self.training else F.relu(q)
 
 
 class FeedForward:
@@ -976,6 +979,8 @@ class MQCNNForecaster:
             feedback_stages=1 if self.feedback_replay is not None else 0,
             calibrate=self.spec.calibrate,
         )
+        if self.spec.ema_decay is not None:
+            cfg = dataclasses.replace(cfg, ema_decay=self.spec.ema_decay)
         self.args = args
         self.model, self.report = train(
             head, args, cfg, feedback_fn=self._feedback_fn(), progress=self.progress

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from model.errors import ModelError
-from stream.config import non_negative_int, positive_float, positive_int, quantile_list
+from stream.config import decay_rate, non_negative_int, positive_float, positive_int, quantile_list
 
 if TYPE_CHECKING:
     from model.baselines import FeedbackReplay
@@ -82,6 +82,13 @@ def add_backtest_arguments(parser: argparse.ArgumentParser) -> None:
         help="latest buckets the MQ-CNN rungs' decoder reads directly (default: the model's for the "
         "data's bucket)",
     )
+    parser.add_argument(
+        "--ema-decay",
+        type=decay_rate,
+        default=None,
+        help="the MQ-CNN rungs keep a moving average of their weights with this decay per step "
+        "(default 0.998; 0 keeps the raw weights)",
+    )
     parser.add_argument("--no-plots", action="store_true", help="tables only")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
 
@@ -116,6 +123,7 @@ def run_backtest_command(args: argparse.Namespace, feedback_replay: FeedbackRepl
             calibrate=args.calibrate,
             feedback_window=args.feedback_window,
             recent=args.recent,
+            ema_decay=args.ema_decay,
             leak_check=args.leak_check,
             threads=args.threads,
         )

@@ -17,6 +17,7 @@ from stream.config import (
     add_kafka_arguments,
     add_service_arguments,
     check_env_choices,
+    decay_rate,
     non_negative_int,
     positive_int,
     quantile_list,
@@ -205,6 +206,13 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
         default=None,
         help="latest buckets the decoder reads directly, besides the encoding (default: the model's for "
         "the data's bucket)",
+    )
+    p.add_argument(
+        "--ema-decay",
+        type=decay_rate,
+        default=None,
+        help="keep a moving average of the weights with this decay per optimiser step and serve it "
+        "(default 0.998; 0 keeps the raw weights)",
     )
     p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
     p.add_argument(

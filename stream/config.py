@@ -71,6 +71,17 @@ def positive_float(text: str) -> float:
     return value
 
 
+def decay_rate(text: str) -> float:
+    """argparse type: a decay in [0, 1) (0 meaning 'off')."""
+    try:
+        value = float(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from exc
+    if not 0.0 <= value < 1.0:
+        raise argparse.ArgumentTypeError(f"{value:g} must be in [0, 1)")
+    return value
+
+
 def quantile_list(text: str) -> tuple[float, ...]:
     """argparse type: comma-separated quantile levels, increasing and strictly inside (0, 1)."""
     try:

@@ -48,6 +48,7 @@ def train_artifact(
     feedback_stages: int | None = None,
     feedback_window: int | None = None,
     recent: int | None = None,
+    ema_decay: float | None = None,
     seed: int = 0,
     calibrate: bool = True,
     threads: int | None = None,
@@ -84,6 +85,8 @@ def train_artifact(
         changes["feedback_stages"] = feedback_stages
     if threads is not None:
         changes["threads"] = threads
+    if ema_decay is not None:
+        changes["ema_decay"] = ema_decay
     changes["device"] = (
         "cuda" if device == "auto" and torch.cuda.is_available() else ("cpu" if device == "auto" else device)
     )
@@ -141,6 +144,7 @@ def run_train(args: argparse.Namespace) -> int:
         feedback_stages=args.feedback_stages,
         feedback_window=args.feedback_window,
         recent=args.recent,
+        ema_decay=args.ema_decay,
         seed=args.seed,
         calibrate=args.calibrate,
         threads=args.threads,

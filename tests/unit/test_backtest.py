@@ -204,12 +204,19 @@ def test_mqcnn_rungs_run_and_are_causal():
 
     h = seasonal_history(n_items=12, n_days=100, late_first=None, price=None)
     cfg = BacktestConfig(
-        quantiles=Q, horizons=7, n_origins=2, spacing=7, max_seconds_per_rung=2.0, leak_check="all"
+        quantiles=Q,
+        horizons=7,
+        n_origins=2,
+        spacing=7,
+        max_seconds_per_rung=2.0,
+        leak_check="all",
+        ema_decay=0.9,
     )
     forecasters = build_forecasters(["mqcnn", "mqcnn-feedback"], h, cfg, replay_feedback)
     result = run_backtest(h, forecasters, cfg, progress=False)
     assert [r.name for r in result.rungs] == ["mqcnn", "mqcnn-feedback"]
     assert all(np.isfinite(r.wql) for r in result.rungs)
+    assert all(f.report["config"]["ema_decay"] == 0.9 for f in forecasters)  # the flag reached training
 
 
 def _write_history_csv(h: History, path) -> None:

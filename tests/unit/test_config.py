@@ -110,3 +110,17 @@ def test_building_the_command_line_loads_neither_torch_nor_kafka():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+@pytest.mark.parametrize("command", ["train", "backtest"])
+def test_weight_averaging_takes_a_decay_below_one_or_zero_to_turn_it_off(capsys, command):
+    def parse(*extra: str):
+        return build_parser().parse_args([command, "--data", "h.csv", "--out", "m.pt", *extra])
+
+    assert parse().ema_decay is None  # the training default applies
+    assert parse("--ema-decay", "0").ema_decay == 0.0
+    assert parse("--ema-decay", "0.99").ema_decay == 0.99
+    for bad in ("1", "-0.1", "often"):
+        with pytest.raises(SystemExit):
+            parse("--ema-decay", bad)
+        assert "--ema-decay" in capsys.readouterr().err

@@ -115,6 +115,24 @@ def test_shapes_and_quantiles_non_negative_and_non_crossing():
     assert (shifted[..., 0] == 0).any()
 
 
+def test_a_network_whose_outputs_all_fall_below_zero_still_gets_a_gradient():
+    args = ModelArgs(n_static=3)
+    model = _model(args)
+    target, observed, past, fut, static, fb = _inputs(args, 4, 80)
+    with torch.no_grad():
+        model.local_mlp[-1].bias[0] -= 50.0  # every quantile of every forecast below zero
+        assert torch.all(model.forward_all(target, observed, past, fut, static, fb) == 0)
+    model.train()
+    out = model.forward_all(target, observed, past, fut, static, fb)
+    assert torch.all(out < 0)  # training sees the quantiles before the ReLU
+    y = target[:, 1:, None, None].expand(-1, -1, args.horizons, len(args.quantiles))
+    q = torch.tensor(args.quantiles)
+    d = y - out[:, :-1]
+    torch.maximum(q * d, (q - 1) * d).mean().backward()
+    bias_grad = model.local_mlp[-1].bias.grad
+    assert bias_grad is not None and bias_grad[0] < 0  # the step raises the base quantile
+
+
 @pytest.mark.parametrize("window", [0, 3])
 def test_an_empty_batch_gives_an_empty_forecast_eager_and_scripted(window):
     args = ModelArgs(context_length=30, horizons=4, dilations=(1, 2, 4), n_static=1, feedback_window=window)
