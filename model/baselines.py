@@ -38,6 +38,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from model.averaging import WeightAverage
 from model.features import calendar_features, log_price, static_ids
 from model.history import History, bucket_start_ms
 
@@ -66,7 +67,7 @@ class ForecastSpec:
     calibrate: bool = True  # MQ-CNN rungs: fit the interval's shifts on held-out targets (model/calibrate.py)
     feedback_window: int | None = None  # mqcnn-feedback: scored buckets attended over (None: the default)
     recent: int | None = None  # MQ-CNN rungs: latest buckets the decoder reads directly (None: the default)
-    ema_decay: float | None = None  # MQ-CNN rungs: weight averaging (model.train.TrainConfig; None: default)
+    ema_decay: float | None = None  # trained rungs (ffn, MQ-CNN): weight averaging decay (None: default)
 
     def __post_init__(self) -> None:
         q = tuple(float(x) for x in self.quantiles)
@@ -796,6 +797,7 @@ class FeedForward:
         max_steps: int = 30_000,
         eval_every: int = 500,
         vocab: int = 1024,
+        ema_decay: float = 0.998,
     ) -> None:
         self.spec = spec
         self.hidden = hidden
@@ -805,6 +807,9 @@ class FeedForward:
         self.max_steps = max_steps
         self.eval_every = eval_every
         self.vocab = vocab
+        # As the MQ-CNN's trainer does (model/train.py): validate and keep a moving average of the
+        # weights; the spec's setting, when given, wins.
+        self.ema_decay = spec.ema_decay if spec.ema_decay is not None else ema_decay
         self.net: _MLPQuantiles | None = None
         self.info: dict[str, float] = {}
 
@@ -848,6 +853,7 @@ class FeedForward:
             self.spec.context_length, hz, q.numel(), panel.static.shape[1], self.vocab, self.hidden
         )
         opt = torch.optim.AdamW(self.net.parameters(), lr=self.lr, weight_decay=self.weight_decay)
+        average = WeightAverage(self.net, self.ema_decay) if self.ema_decay > 0 else None
         # A constant normaliser (mean |y| per window) keeps the loss scale fixed across batches.
         sample = rng.choice(train_pool, size=min(train_pool.size, 20_000))
         s_y, s_ok = self._targets(panel, *np.divmod(sample, until), end=cut)
@@ -858,6 +864,18 @@ class FeedForward:
             return (torch.maximum(q * d, (q - 1) * d).sum(-1) * ok).sum()
 
         best: tuple[float, dict] | None = None
+
+        def keep_if_best() -> None:
+            nonlocal best
+            assert self.net is not None
+            if average is not None:
+                average.swap()
+            score = self._validate(panel, vi, vt, cut, until, pinball)
+            if best is None or score < best[0]:
+                best = (score, {k: v.clone() for k, v in self.net.state_dict().items()})
+            if average is not None:
+                average.swap()
+
         budget = self.spec.max_seconds
         step = 0
         while step < self.max_steps:
@@ -874,17 +892,17 @@ class FeedForward:
             loss.backward()
             nn.utils.clip_grad_norm_(self.net.parameters(), 1.0)
             opt.step()
+            if average is not None:
+                average.update()
             step += 1
             if vi.size and (step % self.eval_every == 0):
-                score = self._validate(panel, vi, vt, cut, until, pinball)
-                if best is None or score < best[0]:
-                    best = (score, {k: v.clone() for k, v in self.net.state_dict().items()})
+                keep_if_best()
         if vi.size:
-            score = self._validate(panel, vi, vt, cut, until, pinball)
-            if best is None or score < best[0]:
-                best = (score, {k: v.clone() for k, v in self.net.state_dict().items()})
+            keep_if_best()
         if best is not None:
             self.net.load_state_dict(best[1])
+        elif average is not None:  # nothing to validate on: the average of the last steps
+            average.swap()
         self.net.eval()
         self.info = {"steps": float(step), "val_wql": best[0] if best else float("nan")}
 

@@ -23,6 +23,7 @@ import torch
 from torch import Tensor
 from tqdm import tqdm
 
+from model.averaging import WeightAverage
 from model.calibrate import interval_shifts
 from model.dataset import TrainingTensors, build_tensors
 from model.history import History
@@ -348,35 +349,6 @@ def _step_loss(
     return loss / sample
 
 
-class _WeightAverage:
-    """An exponential moving average of a model's parameters, and a way to put it in their place.
-
-    The decay ramps up from 0 over the first steps (``(1 + n) / (10 + n)``) so that the average is not
-    held near the initial weights for hundreds of steps.
-    """
-
-    def __init__(self, model: MQCNN, decay: float) -> None:
-        self.params = [p for p in model.parameters() if p.requires_grad]
-        self.shadow = [p.detach().clone() for p in self.params]
-        self.decay = decay
-        self.updates = 0
-
-    @torch.no_grad()
-    def update(self) -> None:
-        """Fold the current parameters into the average (after each optimiser step)."""
-        decay = min(self.decay, (1.0 + self.updates) / (10.0 + self.updates))
-        torch._foreach_lerp_(self.shadow, [p.detach() for p in self.params], 1.0 - decay)
-        self.updates += 1
-
-    @torch.no_grad()
-    def swap(self) -> None:
-        """Exchange the model's parameters and the average (call again to swap back)."""
-        for p, a in zip(self.params, self.shadow, strict=True):
-            tmp = p.detach().clone()
-            p.copy_(a)
-            a.copy_(tmp)
-
-
 def _evaluate(
     model: MQCNN, tt: TrainingTensors, fb: np.ndarray, cells: np.ndarray, objective: _Objective, device
 ) -> dict[str, float]:
@@ -442,7 +414,7 @@ def train(
     steps_per_epoch = math.ceil(tt.n_items / cfg.batch_size)
     total_steps = sum(e for _, e, _ in plan) * steps_per_epoch
 
-    average = _WeightAverage(model, cfg.ema_decay) if cfg.ema_decay > 0 else None
+    average = WeightAverage(model, cfg.ema_decay) if cfg.ema_decay > 0 else None
     log: list[dict] = []
     best: dict = {}
     gap: dict[str, float] = {}

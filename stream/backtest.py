@@ -86,8 +86,8 @@ def add_backtest_arguments(parser: argparse.ArgumentParser) -> None:
         "--ema-decay",
         type=decay_rate,
         default=None,
-        help="the MQ-CNN rungs keep a moving average of their weights with this decay per step "
-        "(default 0.998; 0 keeps the raw weights)",
+        help="the trained rungs (ffn and the MQ-CNNs) keep a moving average of their weights with "
+        "this decay per step (default 0.998; 0 keeps the raw weights)",
     )
     parser.add_argument("--no-plots", action="store_true", help="tables only")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")

@@ -192,3 +192,18 @@ def test_feed_forward_quantiles_below_zero_are_zero_served_but_trained_on():
     assert torch.all(out < 0)
     (-out).sum().backward()  # a loss that wants them higher reaches the weights
     assert net.net[-1].bias.grad is not None and torch.all(net.net[-1].bias.grad[::3] != 0)
+
+
+def test_feed_forward_keeps_the_averaged_weights_unless_told_not_to(history):
+    until = 84
+    averaged = small("ffn")
+    raw = small("ffn", dataclasses.replace(SPEC, ema_decay=0.0))
+    assert averaged.ema_decay == 0.998 and raw.ema_decay == 0.0
+    for f in (averaged, raw):
+        f.fit(history.head(until), until)
+        assert np.isfinite(f.info["val_wql"])
+    # Same seed, same batches: only the averaging differs, and it changes the weights kept.
+    assert any(
+        not torch.equal(a, b)
+        for a, b in zip(averaged.net.state_dict().values(), raw.net.state_dict().values(), strict=True)
+    )

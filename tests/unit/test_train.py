@@ -14,11 +14,10 @@ from model.dataset import build_tensors
 from model.features import calendar_features
 from model.history import History, bucket_start_ms
 from model.metrics import weighted_quantile_loss
-from model.network import MQCNN, ModelArgs
+from model.network import ModelArgs
 from model.train import (
     TrainConfig,
     _split_cells,
-    _WeightAverage,
     feedback_error_gap,
     forecast_all,
     held_out_forecasts,
@@ -214,35 +213,6 @@ def test_config_is_checked():
         TrainConfig(feedback_share=1.0)
     with pytest.raises(ValueError, match="ema_decay"):
         TrainConfig(ema_decay=1.0)
-
-
-def test_weight_average_ramps_its_decay_and_swaps_back_exactly():
-    torch.manual_seed(0)
-    model = MQCNN(ARGS)
-    params = [p for p in model.parameters() if p.requires_grad]
-    start = [p.detach().clone() for p in params]
-    average = _WeightAverage(model, decay=0.9)
-    with torch.no_grad():
-        for p in params:
-            p.add_(1.0)
-    average.update()  # first step: decay min(0.9, 1/10) = 0.1
-    for a, s0 in zip(average.shadow, start, strict=True):
-        torch.testing.assert_close(a, s0 + 0.9)
-    with torch.no_grad():
-        for p in params:
-            p.add_(1.0)
-    average.update()  # second: decay min(0.9, 2/11)
-    d = 2.0 / 11.0
-    for a, s0 in zip(average.shadow, start, strict=True):
-        torch.testing.assert_close(a, d * (s0 + 0.9) + (1 - d) * (s0 + 2.0))
-    raw = [p.detach().clone() for p in params]
-    averaged = [a.clone() for a in average.shadow]
-    average.swap()
-    for p, a in zip(params, averaged, strict=True):
-        torch.testing.assert_close(p.detach(), a, rtol=0, atol=0)
-    average.swap()
-    for p, r in zip(params, raw, strict=True):
-        torch.testing.assert_close(p.detach(), r, rtol=0, atol=0)
 
 
 @pytest.mark.parametrize("ema_decay", [0.0, 0.99])
