@@ -76,6 +76,8 @@ class ForecastSpec:
             raise ValueError(f"quantiles must be strictly increasing inside (0, 1), got {q}")
         if self.horizons < 1 or self.context_length < 1:
             raise ValueError("horizons and context_length must be >= 1")
+        if self.ema_decay is not None and not 0.0 <= self.ema_decay < 1.0:
+            raise ValueError(f"ema_decay must be in [0, 1), got {self.ema_decay}")
 
 
 def default_spec(freq: str, **overrides: object) -> ForecastSpec:
