@@ -799,7 +799,7 @@ class FeedForward:
         max_steps: int = 30_000,
         eval_every: int = 500,
         vocab: int = 1024,
-        ema_decay: float = 0.998,
+        ema_decay: float = 0.999,
     ) -> None:
         self.spec = spec
         self.hidden = hidden
@@ -810,7 +810,9 @@ class FeedForward:
         self.eval_every = eval_every
         self.vocab = vocab
         # As the MQ-CNN's trainer does (model/train.py): validate and keep a moving average of the
-        # weights; the spec's setting, when given, wins.
+        # weights; the spec's setting, when given, wins. A longer average than the MQ-CNN's 0.998:
+        # this net takes about 26k steps in its budget, and 0.999 scored better than 0.998 on both
+        # backtest sets (Walmart 0.0609 against 0.0618-0.0621, retail 0.6602 against 0.6613-0.6616).
         self.ema_decay = spec.ema_decay if spec.ema_decay is not None else ema_decay
         self.net: _MLPQuantiles | None = None
         self.info: dict[str, float] = {}

@@ -87,7 +87,7 @@ def add_backtest_arguments(parser: argparse.ArgumentParser) -> None:
         type=decay_rate,
         default=None,
         help="the trained rungs (ffn and the MQ-CNNs) keep a moving average of their weights with "
-        "this decay per step (default 0.998; 0 keeps the raw weights)",
+        "this decay per step (default 0.998 for the MQ-CNNs, 0.999 for ffn; 0 keeps the raw weights)",
     )
     parser.add_argument("--no-plots", action="store_true", help="tables only")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")

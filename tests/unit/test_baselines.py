@@ -198,7 +198,7 @@ def test_feed_forward_keeps_the_averaged_weights_unless_told_not_to(history):
     until = 84
     averaged = small("ffn")
     raw = small("ffn", dataclasses.replace(SPEC, ema_decay=0.0))
-    assert averaged.ema_decay == 0.998 and raw.ema_decay == 0.0
+    assert averaged.ema_decay == 0.999 and raw.ema_decay == 0.0
     with pytest.raises(ValueError, match="ema_decay"):
         dataclasses.replace(SPEC, ema_decay=1.0)
     for f in (averaged, raw):
