@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 import torch
 from torch import nn
 
@@ -33,3 +36,17 @@ class WeightAverage:
             tmp = p.detach().clone()
             p.copy_(a)
             a.copy_(tmp)
+
+
+@contextmanager
+def averaged(average: WeightAverage | None) -> Iterator[None]:
+    """Within the block the model holds the averaged weights, and its own again after it (with no
+    average, the model keeps its weights throughout)."""
+    if average is None:
+        yield
+        return
+    average.swap()
+    try:
+        yield
+    finally:
+        average.swap()

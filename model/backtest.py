@@ -72,7 +72,7 @@ class BacktestConfig:
     calibrate: bool = True  # calibrate the MQ-CNN rungs' intervals (model/calibrate.py)
     feedback_window: int | None = None  # scored buckets the feedback rung attends over (None: default)
     recent: int | None = None  # latest buckets the MQ-CNN rungs' decoder reads directly (None: default)
-    ema_decay: float | None = None  # the MQ-CNN rungs' weight averaging (None: the training default)
+    ema_decay: float | None = None  # weight averaging of the ffn and MQ-CNN rungs (None: their default)
     leak_check: str = "first"  # "first", "all" (every evaluation origin) or "none"
     volatility_pairs: bool = True  # also forecast at t+1 for every evaluation origin t
     threads: int | None = 1  # torch CPU threads during the run; None leaves torch's setting

@@ -38,7 +38,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from model.averaging import WeightAverage
+from model.averaging import WeightAverage, averaged
 from model.features import calendar_features, log_price, static_ids
 from model.history import History, bucket_start_ms
 
@@ -872,13 +872,10 @@ class FeedForward:
         def keep_if_best() -> None:
             nonlocal best
             assert self.net is not None
-            if average is not None:
-                average.swap()
-            score = self._validate(panel, vi, vt, cut, until, pinball)
-            if best is None or score < best[0]:
-                best = (score, {k: v.clone() for k, v in self.net.state_dict().items()})
-            if average is not None:
-                average.swap()
+            with averaged(average):
+                score = self._validate(panel, vi, vt, cut, until, pinball)
+                if best is None or score < best[0]:
+                    best = (score, {k: v.clone() for k, v in self.net.state_dict().items()})
 
         budget = self.spec.max_seconds
         step = 0

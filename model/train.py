@@ -23,7 +23,7 @@ import torch
 from torch import Tensor
 from tqdm import tqdm
 
-from model.averaging import WeightAverage
+from model.averaging import WeightAverage, averaged
 from model.calibrate import interval_shifts
 from model.dataset import TrainingTensors, build_tensors
 from model.history import History
@@ -423,11 +423,8 @@ def train(
     for stage, epochs, stage_budget in plan:
         if stage > 0:
             assert feedback_fn is not None
-            if average is not None:  # the next stage's features come from the weights kept
-                average.swap()
-            forecasts = forecast_all(model, tt, fb, device)
-            if average is not None:
-                average.swap()
+            with averaged(average):  # the next stage's features come from the weights kept
+                forecasts = forecast_all(model, tt, fb, device)
             fb = np.asarray(feedback_fn(forecasts, tt.target, tt.observed > 0), dtype=np.float32)
             if not gap and val_cells.any():
                 gap = feedback_error_gap(forecasts, tt, train_cells, val_cells, v, args.quantiles)
@@ -465,18 +462,16 @@ def train(
                 seen += rows.size
                 step += 1
                 bar.update(1)
-            if average is not None:  # score (and keep) the averaged weights, then train on
-                average.swap()
-            val = _evaluate(model, tt, fb, val_cells, objective, device)
-            entry = {"stage": stage, "epoch": epoch, "train_loss": total / seen, "items_seen": seen}
-            entry.update({f"val_{k}": x for k, x in val.items()})
-            log.append(entry)
-            bar.set_postfix_str(f"stage {stage} loss {entry['train_loss']:.4f} val wQL {val['wql']:.4f}")
-            # NaN compares false: without validation cells (validation_buckets=0) the latest weights win.
-            if not best or not val["wql"] >= best["entry"]["val_wql"]:
-                best = {"entry": entry, "state": copy.deepcopy(model.state_dict())}
-            if average is not None:
-                average.swap()
+            with averaged(average):  # score (and keep) the averaged weights, then train on
+                val = _evaluate(model, tt, fb, val_cells, objective, device)
+                entry = {"stage": stage, "epoch": epoch, "train_loss": total / seen, "items_seen": seen}
+                entry.update({f"val_{k}": x for k, x in val.items()})
+                log.append(entry)
+                bar.set_postfix_str(f"stage {stage} loss {entry['train_loss']:.4f} val wQL {val['wql']:.4f}")
+                # NaN compares false: without validation cells (validation_buckets=0) the latest
+                # weights win.
+                if not best or not val["wql"] >= best["entry"]["val_wql"]:
+                    best = {"entry": entry, "state": copy.deepcopy(model.state_dict())}
             if out_of_time:
                 break
     bar.close()

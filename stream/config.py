@@ -60,12 +60,16 @@ def positive_int(text: str) -> int:
     return _int_between(text, 1, None)
 
 
-def positive_float(text: str) -> float:
-    """argparse type: a number > 0."""
+def _number(text: str) -> float:
     try:
-        value = float(text)
+        return float(text)
     except ValueError as exc:
         raise argparse.ArgumentTypeError(f"{text!r} is not a number") from exc
+
+
+def positive_float(text: str) -> float:
+    """argparse type: a number > 0."""
+    value = _number(text)
     if not value > 0:
         raise argparse.ArgumentTypeError(f"{value:g} must be > 0")
     return value
@@ -73,10 +77,7 @@ def positive_float(text: str) -> float:
 
 def decay_rate(text: str) -> float:
     """argparse type: a decay in [0, 1) (0 meaning 'off')."""
-    try:
-        value = float(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from exc
+    value = _number(text)
     if not 0.0 <= value < 1.0:
         raise argparse.ArgumentTypeError(f"{value:g} must be in [0, 1)")
     return value

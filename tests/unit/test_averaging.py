@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
-from model.averaging import WeightAverage
+from model.averaging import WeightAverage, averaged
 from model.network import MQCNN, ModelArgs
 
 ARGS = ModelArgs(context_length=28, horizons=7, dilations=(1, 2, 4, 8), channels=16, global_hidden=32)
@@ -37,3 +38,24 @@ def test_weight_average_ramps_its_decay_and_swaps_back_exactly():
     average.swap()
     for p, r in zip(params, raw, strict=True):
         torch.testing.assert_close(p.detach(), r, rtol=0, atol=0)
+
+
+def test_averaged_holds_the_average_inside_the_block_even_when_it_raises():
+    torch.manual_seed(0)
+    model = MQCNN(ARGS)
+    params = [p for p in model.parameters() if p.requires_grad]
+    average = WeightAverage(model, decay=0.5)
+    with torch.no_grad():
+        for p in params:
+            p.add_(1.0)
+    raw = [p.detach().clone() for p in params]
+    mean = [a.clone() for a in average.shadow]
+    with pytest.raises(RuntimeError), averaged(average):
+        for p, m in zip(params, mean, strict=True):
+            torch.testing.assert_close(p.detach(), m, rtol=0, atol=0)
+        raise RuntimeError("scoring failed")
+    for p, r in zip(params, raw, strict=True):
+        torch.testing.assert_close(p.detach(), r, rtol=0, atol=0)
+    with averaged(None):  # no average: the weights stay as they are
+        for p, r in zip(params, raw, strict=True):
+            torch.testing.assert_close(p.detach(), r, rtol=0, atol=0)
