@@ -68,6 +68,7 @@ class ForecastSpec:
     feedback_window: int | None = None  # mqcnn-feedback: scored buckets attended over (None: the default)
     recent: int | None = None  # MQ-CNN rungs: latest buckets the decoder reads directly (None: the default)
     ema_decay: float | None = None  # trained rungs (ffn, MQ-CNN): weight averaging decay (None: default)
+    members: int | None = None  # MQ-CNN rungs: networks whose quantiles are averaged (None: the default)
 
     def __post_init__(self) -> None:
         q = tuple(float(x) for x in self.quantiles)
@@ -78,6 +79,8 @@ class ForecastSpec:
             raise ValueError("horizons and context_length must be >= 1")
         if self.ema_decay is not None and not 0.0 <= self.ema_decay < 1.0:
             raise ValueError(f"ema_decay must be in [0, 1), got {self.ema_decay}")
+        if self.members is not None and self.members < 1:
+            raise ValueError(f"members must be >= 1, got {self.members}")
 
 
 def default_spec(freq: str, **overrides: object) -> ForecastSpec:
@@ -992,6 +995,8 @@ class MQCNNForecaster:
             args = dataclasses.replace(args, feedback_window=self.spec.feedback_window)
         if self.spec.recent is not None:
             args = dataclasses.replace(args, recent=self.spec.recent)
+        if self.spec.members is not None:
+            args = dataclasses.replace(args, members=self.spec.members)
         cfg = TrainConfig(
             seed=self.spec.seed,
             max_minutes=self.spec.max_seconds / 60.0,

@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 from model.errors import ArtifactError
-from model.network import MQCNN, ModelArgs, input_spec
+from model.network import MQCNN, ModelArgs, MQCNNEnsemble, build_network, input_spec, member_networks
 
 ARTIFACT_FORMAT = 1
 _META_FILE = "mqcast.json"
@@ -65,7 +65,7 @@ def _check_meta(args: ModelArgs, meta: dict) -> None:
         raise ValueError(f"export metadata names static columns {static}, the network has {args.n_static}")
 
 
-def export_model(model: MQCNN, args: ModelArgs, path: Path, meta: dict) -> dict:
+def export_model(model: MQCNN | MQCNNEnsemble, args: ModelArgs, path: Path, meta: dict) -> dict:
     """Script ``model`` and save it with ``meta`` inside the artefact; returns the full metadata.
 
     ``meta`` comes from the caller and must hold ``freq`` and ``features`` (``past``, ``future`` and
@@ -175,14 +175,16 @@ def check_compatible(meta: dict, expected: dict) -> list[str]:
     return problems
 
 
-def save_checkpoint(model: MQCNN, args: ModelArgs, path: Path, extra: dict | None = None) -> None:
+def save_checkpoint(
+    model: MQCNN | MQCNNEnsemble, args: ModelArgs, path: Path, extra: dict | None = None
+) -> None:
     """Save the weights with the arguments that rebuild the network (and ``extra``, e.g. a report)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     torch.save({"model_args": args.to_dict(), "state_dict": model.state_dict(), "extra": extra or {}}, path)
 
 
-def load_checkpoint(path: Path) -> tuple[MQCNN, ModelArgs, dict]:
+def load_checkpoint(path: Path) -> tuple[MQCNN | MQCNNEnsemble, ModelArgs, dict]:
     """Rebuild a network from :func:`save_checkpoint`; returns ``(model, args, extra)``."""
     path = Path(path)
     if not path.is_file():
@@ -194,12 +196,15 @@ def load_checkpoint(path: Path) -> tuple[MQCNN, ModelArgs, dict]:
         raise ArtifactError(f"{path}: unreadable checkpoint ({type(exc).__name__})") from exc
     try:
         args = ModelArgs(**ckpt["model_args"])
-        model = MQCNN(args)
+        model = build_network(args)
         state = dict(ckpt["state_dict"])
         # Checkpoints from before the covariate masks use every covariate; those from before the
         # calibration shift are uncalibrated.
-        for name in ("past_cov_mask", "future_cov_mask", "quantile_shift"):
-            state.setdefault(name, getattr(model, name))
+        nets = member_networks(model)
+        for k, net in enumerate(nets):
+            prefix = f"members.{k}." if len(nets) > 1 else ""
+            for name in ("past_cov_mask", "future_cov_mask", "quantile_shift"):
+                state.setdefault(prefix + name, getattr(net, name))
         model.load_state_dict(state)
     except (KeyError, TypeError, ValueError, RuntimeError) as exc:
         raise ArtifactError(

@@ -16,7 +16,7 @@ import copy
 import math
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 import numpy as np
 import torch
@@ -29,7 +29,7 @@ from model.dataset import TrainingTensors, build_tensors
 from model.history import History
 from model.loss import pinball_loss
 from model.metrics import coverage, pinball, volatility, weighted_quantile_loss
-from model.network import MQCNN, ModelArgs, n_parameters
+from model.network import MQCNN, ModelArgs, MQCNNEnsemble, member_networks, n_parameters
 
 #: ``(forecasts [N,T,H,Q] with NaN before each item's first observation, qty [N,T], observed [N,T])
 #: -> feedback features float32 [N,T,F]``.
@@ -127,7 +127,7 @@ def _tensors(
 
 @torch.no_grad()
 def forecast_all(
-    model: MQCNN,
+    model: MQCNN | MQCNNEnsemble,
     tt: TrainingTensors,
     fb: np.ndarray,
     device: torch.device | str = "cpu",
@@ -138,8 +138,12 @@ def forecast_all(
     item's first observation.
 
     Only the ``context_length - 1`` columns before ``since`` are read, which gives the same numbers as
-    a pass over the whole series (the serving window equivalence) at a fraction of the cost.
+    a pass over the whole series (the serving window equivalence) at a fraction of the cost. An
+    ensemble's forecasts are its members' mean, as its ``forward`` computes them.
     """
+    if isinstance(model, MQCNNEnsemble):
+        nets = member_networks(model)
+        return sum(forecast_all(m, tt, fb, device, batch, since) for m in nets) / len(nets)
     model.eval()
     device = torch.device(device)
     start = max(0, since - model.context_length + 1)
@@ -188,7 +192,7 @@ def _split_cells(tt: TrainingTensors, v: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def held_out_forecasts(
-    model: MQCNN,
+    model: MQCNN | MQCNNEnsemble,
     history: History,
     args: ModelArgs,
     validation_buckets: int,
@@ -260,7 +264,11 @@ def _first_origin(cells: np.ndarray) -> int:
 
 
 def _forecast_cells(
-    model: MQCNN, tt: TrainingTensors, fb: np.ndarray, cells: np.ndarray, device: torch.device | str
+    model: MQCNN | MQCNNEnsemble,
+    tt: TrainingTensors,
+    fb: np.ndarray,
+    cells: np.ndarray,
+    device: torch.device | str,
 ) -> tuple[np.ndarray, int, np.ndarray]:
     """Forecasts at the origins of the mask ``cells`` [N, T, H] and after: the forecasts
     [N, T - since, H, Q], the first such origin ``since``, and the mask from it on (bool)."""
@@ -350,7 +358,12 @@ def _step_loss(
 
 
 def _evaluate(
-    model: MQCNN, tt: TrainingTensors, fb: np.ndarray, cells: np.ndarray, objective: _Objective, device
+    model: MQCNN | MQCNNEnsemble,
+    tt: TrainingTensors,
+    fb: np.ndarray,
+    cells: np.ndarray,
+    objective: _Objective,
+    device,
 ) -> dict[str, float]:
     """Objective, wQL (and per quantile), outer-interval coverage and forecast volatility on ``cells``
     (a mask [N, T, H])."""
@@ -369,26 +382,59 @@ def _evaluate(
     return result
 
 
+@dataclass
+class _Member:
+    """One network in training and what it owns: optimiser, weight average, shuffling, best weights.
+
+    ``elapsed`` is how much of its time budget the member has used: its own training plus the work
+    all members share (building the tensors, the feedback stages' forecasts), so that with one
+    member it is simply the time since training began.
+    """
+
+    model: MQCNN
+    opt: torch.optim.Optimizer
+    average: WeightAverage | None
+    rng: np.random.Generator
+    elapsed: float = 0.0
+    step: int = 0
+    best: dict = field(default_factory=dict)
+
+
+def _averaged_forecasts(members: list[_Member], tt: TrainingTensors, fb: np.ndarray, device) -> np.ndarray:
+    """The mean of the members' forecasts at every origin, from the weights each would keep."""
+    total: np.ndarray | None = None
+    for m in members:
+        with averaged(m.average):
+            pred = forecast_all(m.model, tt, fb, device)
+        total = pred if total is None else total + pred
+    assert total is not None
+    return total / len(members)
+
+
 def train(
     history: History,
     args: ModelArgs,
     cfg: TrainConfig,
     feedback_fn: FeedbackFn | None = None,
     progress: bool = True,
-    model: MQCNN | None = None,
-) -> tuple[MQCNN, dict]:
-    """Train an :class:`MQCNN` on ``history``; returns the network (on the CPU, in eval mode) and a
-    report (losses, validation wQL per quantile, coverage, volatility, seconds, parameters, a log
-    per epoch).
+    model: MQCNN | MQCNNEnsemble | None = None,
+) -> tuple[MQCNN | MQCNNEnsemble, dict]:
+    """Train an :class:`MQCNN` (an :class:`MQCNNEnsemble` of ``args.members``) on ``history``;
+    returns the network (on the CPU, in eval mode) and a report (losses, validation wQL per
+    quantile, coverage, volatility, seconds, parameters, a log per epoch).
 
     The targets of the last ``validation_buckets`` buckets are held out for choosing the weights:
     within the last stage, those with the best validation wQL are kept (earlier stages saw other
     feedback features, so their weights do not fit the features served). ``model`` continues
     training a network built with ``args`` (from a checkpoint, say), in place, instead of a fresh one.
+
+    Ensemble members train one after the other, each from its own seed (``seed + k``) with the
+    whole ``max_minutes``, so ``members`` networks take that many times as long. Each feedback stage
+    builds its features from the mean of all members' forecasts, which is what the service serves
+    and its ledger scores; each member keeps its own best weights and calibrates its own interval.
     """
     t_start = time.monotonic()
     torch.manual_seed(cfg.seed)
-    rng = np.random.default_rng(cfg.seed)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     device = torch.device(cfg.device)
@@ -397,10 +443,28 @@ def train(
     v = min(v, max(1, tt.n_steps // 4))
     train_cells, val_cells = _split_cells(tt, v)
     fresh = model is None
-    model = (model if model is not None else MQCNN(args)).to(device)
-    if cfg.day_of_year == "off" or (cfg.day_of_year == "auto" and fresh and not covers_a_year(history)):
-        model.mask_covariates(DAY_OF_YEAR)
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    if model is not None:
+        nets = member_networks(model)
+        if len(nets) != args.members:
+            raise ValueError(f"the model has {len(nets)} member network(s), the arguments say {args.members}")
+    else:
+        nets = []
+        for k in range(args.members):
+            torch.manual_seed(cfg.seed + k)
+            nets.append(MQCNN(args))
+    members: list[_Member] = []
+    for k, net in enumerate(nets):
+        net.to(device)
+        if cfg.day_of_year == "off" or (cfg.day_of_year == "auto" and fresh and not covers_a_year(history)):
+            net.mask_covariates(DAY_OF_YEAR)
+        members.append(
+            _Member(
+                model=net,
+                opt=torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay),
+                average=WeightAverage(net, cfg.ema_decay) if cfg.ema_decay > 0 else None,
+                rng=np.random.default_rng(cfg.seed + k),
+            )
+        )
     objective = _Objective(tt, train_cells, args, cfg.loss_weighting, device)
     fb = np.zeros((tt.n_items, tt.n_steps, args.n_feedback), dtype=np.float32)
 
@@ -414,73 +478,104 @@ def train(
     steps_per_epoch = math.ceil(tt.n_items / cfg.batch_size)
     total_steps = sum(e for _, e, _ in plan) * steps_per_epoch
 
-    average = WeightAverage(model, cfg.ema_decay) if cfg.ema_decay > 0 else None
     log: list[dict] = []
-    best: dict = {}
     gap: dict[str, float] = {}
-    step = 0
-    bar = tqdm(total=total_steps, disable=not progress, desc="train", unit="step")
+    bar = tqdm(total=total_steps * len(members), disable=not progress, desc="train", unit="step")
+    shared_s = time.monotonic() - t_start
     for stage, epochs, stage_budget in plan:
         if stage > 0:
             assert feedback_fn is not None
-            with averaged(average):  # the next stage's features come from the weights kept
-                forecasts = forecast_all(model, tt, fb, device)
+            t0 = time.monotonic()
+            # The next stage's features come from the weights kept, averaged over the members.
+            forecasts = _averaged_forecasts(members, tt, fb, device)
             fb = np.asarray(feedback_fn(forecasts, tt.target, tt.observed > 0), dtype=np.float32)
             if not gap and val_cells.any():
                 gap = feedback_error_gap(forecasts, tt, train_cells, val_cells, v, args.quantiles)
-            best = {}
-        stage_start = time.monotonic()
-        for epoch in range(epochs):
-            model.train()
-            order = rng.permutation(tt.n_items)
-            total, seen = 0.0, 0
-            out_of_time = False
-            for lo in range(0, tt.n_items, cfg.batch_size):
-                if seen and time.monotonic() - stage_start > stage_budget:
-                    out_of_time = True
+            shared_s += time.monotonic() - t0
+            for m in members:
+                m.best = {}
+        for k, m in enumerate(members):
+            m.elapsed = max(m.elapsed, shared_s)
+            stage_start = time.monotonic()
+            for epoch in range(epochs):
+                m.model.train()
+                order = m.rng.permutation(tt.n_items)
+                total, seen = 0.0, 0
+                out_of_time = False
+                for lo in range(0, tt.n_items, cfg.batch_size):
+                    if seen and time.monotonic() - stage_start > stage_budget:
+                        out_of_time = True
+                        break
+                    # Cosine decay over the run, by steps or by time, whichever is further along.
+                    # Time counts in whole percent, so a run the step count bounds keeps the same
+                    # rates (and the same weights for a seed) however fast the machine is.
+                    used = m.elapsed + time.monotonic() - stage_start
+                    time_done = math.floor(100.0 * used / budget_s) / 100.0
+                    done = min(1.0, max(m.step / total_steps, time_done))
+                    for group in m.opt.param_groups:
+                        group["lr"] = cfg.lr * (0.05 + 0.95 * 0.5 * (1.0 + math.cos(math.pi * done)))
+                    rows = order[lo : lo + cfg.batch_size]
+                    y = torch.from_numpy(tt.ahead[rows]).to(device)
+                    mask = torch.from_numpy(train_cells[rows]).to(device)
+                    loss = _step_loss(
+                        m.model, objective, _tensors(tt, rows, fb, 0, device), y, mask, cfg.origin_sample
+                    )
+                    m.opt.zero_grad(set_to_none=True)
+                    loss.backward()
+                    torch.nn.utils.clip_grad_norm_(m.model.parameters(), 1.0)
+                    m.opt.step()
+                    if m.average is not None:
+                        m.average.update()
+                    total += loss.item() * rows.size
+                    seen += rows.size
+                    m.step += 1
+                    bar.update(1)
+                with averaged(m.average):  # score (and keep) the averaged weights, then train on
+                    val = _evaluate(m.model, tt, fb, val_cells, objective, device)
+                    entry = {"stage": stage, "epoch": epoch, "train_loss": total / seen, "items_seen": seen}
+                    if len(members) > 1:
+                        entry["member"] = k
+                    entry.update({f"val_{name}": x for name, x in val.items()})
+                    log.append(entry)
+                    bar.set_postfix_str(
+                        f"stage {stage} loss {entry['train_loss']:.4f} val wQL {val['wql']:.4f}"
+                        + (f" (member {k})" if len(members) > 1 else "")
+                    )
+                    # NaN compares false: without validation cells (validation_buckets=0) the
+                    # latest weights win.
+                    if not m.best or not val["wql"] >= m.best["entry"]["val_wql"]:
+                        m.best = {"entry": entry, "state": copy.deepcopy(m.model.state_dict())}
+                if out_of_time:
                     break
-                # Cosine decay over the run, by steps or by time, whichever is further along. Time
-                # counts in whole percent, so a run the step count bounds keeps the same rates (and
-                # the same weights for a seed) however fast the machine is at the moment.
-                time_done = math.floor(100.0 * (time.monotonic() - t_start) / budget_s) / 100.0
-                done = min(1.0, max(step / total_steps, time_done))
-                for group in opt.param_groups:
-                    group["lr"] = cfg.lr * (0.05 + 0.95 * 0.5 * (1.0 + math.cos(math.pi * done)))
-                rows = order[lo : lo + cfg.batch_size]
-                y = torch.from_numpy(tt.ahead[rows]).to(device)
-                mask = torch.from_numpy(train_cells[rows]).to(device)
-                loss = _step_loss(
-                    model, objective, _tensors(tt, rows, fb, 0, device), y, mask, cfg.origin_sample
-                )
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-                opt.step()
-                if average is not None:
-                    average.update()
-                total += loss.item() * rows.size
-                seen += rows.size
-                step += 1
-                bar.update(1)
-            with averaged(average):  # score (and keep) the averaged weights, then train on
-                val = _evaluate(model, tt, fb, val_cells, objective, device)
-                entry = {"stage": stage, "epoch": epoch, "train_loss": total / seen, "items_seen": seen}
-                entry.update({f"val_{k}": x for k, x in val.items()})
-                log.append(entry)
-                bar.set_postfix_str(f"stage {stage} loss {entry['train_loss']:.4f} val wQL {val['wql']:.4f}")
-                # NaN compares false: without validation cells (validation_buckets=0) the latest
-                # weights win.
-                if not best or not val["wql"] >= best["entry"]["val_wql"]:
-                    best = {"entry": entry, "state": copy.deepcopy(model.state_dict())}
-            if out_of_time:
-                break
+            m.elapsed += time.monotonic() - stage_start
     bar.close()
-    model.load_state_dict(best["state"])
-    model.eval()
-    chosen = best["entry"]
+    calibrations: list[dict] = []
+    for m in members:
+        m.model.load_state_dict(m.best["state"])
+        m.model.eval()
+    final: MQCNN | MQCNNEnsemble = members[0].model if len(members) == 1 else MQCNNEnsemble(nets)
+    if len(members) == 1:
+        chosen = members[0].best["entry"]
+    else:
+        chosen = {
+            "stage": members[0].best["entry"]["stage"],
+            "epoch": members[0].best["entry"]["epoch"],
+            "train_loss": float(np.mean([m.best["entry"]["train_loss"] for m in members])),
+        }
+        scores = _evaluate(final, tt, fb, val_cells, objective, device)
+        chosen.update({f"val_{k}": x for k, x in scores.items()})
     calibration: dict = {}
     if cfg.calibrate and val_cells.any():
-        calibration, scores = _calibrate(model, tt, fb, val_cells, objective, device, chosen)
+        for m in members:
+            calibrations.append(_calibrate(m.model, tt, fb, val_cells, objective, device, m.best["entry"])[0])
+        scores = _evaluate(final, tt, fb, val_cells, objective, device)
+        calibration = {
+            "shifts": calibrations[0]["shifts"] if len(members) == 1 else [c["shifts"] for c in calibrations],
+            "val_wql_before": chosen["val_wql"],
+            "val_wql_after": scores["wql"],
+            "val_coverage_before": chosen["val_coverage"],
+            "val_coverage_after": scores["coverage"],
+        }
         # The report describes the model returned: calibrated (in-sample for the shifts).
         chosen = {**chosen, **{f"val_{k}": x for k, x in scores.items()}}
     report = {
@@ -491,7 +586,7 @@ def train(
         "val_coverage": chosen["val_coverage"],
         "val_volatility": chosen["val_volatility"],
         "loss_weighting": cfg.loss_weighting,
-        "masked_covariates": model.masked_covariates(),
+        "masked_covariates": nets[0].masked_covariates(),
         "validation_buckets": v,
         "chosen": {"stage": chosen["stage"], "epoch": chosen["epoch"]},
         "calibration": calibration,
@@ -499,10 +594,20 @@ def train(
         "epochs_run": len(log),
         "stages": stages,
         "seconds": round(time.monotonic() - t_start, 1),
-        "n_params": n_parameters(model),
+        "n_params": n_parameters(final),
         "items": tt.n_items,
         "buckets": tt.n_steps,
         "config": asdict(cfg),
         "log": log,
     }
-    return model.cpu(), report
+    if len(members) > 1:
+        report["members"] = [
+            {
+                "seed": cfg.seed + k,
+                "chosen": {"stage": m.best["entry"]["stage"], "epoch": m.best["entry"]["epoch"]},
+                "val_wql": m.best["entry"]["val_wql"],
+                "steps": m.step,
+            }
+            for k, m in enumerate(members)
+        ]
+    return final.cpu(), report

@@ -214,6 +214,13 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
         help="keep a moving average of the weights with this decay per optimiser step and serve it "
         "(default 0.998; 0 keeps the raw weights)",
     )
+    p.add_argument(
+        "--members",
+        type=positive_int,
+        default=None,
+        help="train this many networks from consecutive seeds and serve the mean of their quantiles "
+        "(default 1; each one takes the whole --max-minutes and a forward per forecast)",
+    )
     p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
     p.add_argument(
         "--calibrate",

@@ -49,6 +49,7 @@ def train_artifact(
     feedback_window: int | None = None,
     recent: int | None = None,
     ema_decay: float | None = None,
+    members: int | None = None,
     seed: int = 0,
     calibrate: bool = True,
     threads: int | None = None,
@@ -73,6 +74,8 @@ def train_artifact(
         overrides["feedback_window"] = feedback_window
     if recent is not None:
         overrides["recent"] = recent
+    if members is not None:
+        overrides["members"] = members
     args = dataclasses.replace(args, **overrides)
 
     cfg = TrainConfig()
@@ -145,6 +148,7 @@ def run_train(args: argparse.Namespace) -> int:
         feedback_window=args.feedback_window,
         recent=args.recent,
         ema_decay=args.ema_decay,
+        members=args.members,
         seed=args.seed,
         calibrate=args.calibrate,
         threads=args.threads,

@@ -281,3 +281,17 @@ def test_calibration_row_marks_a_level_outside_its_shares_beyond_the_tolerance()
     assert r.row((0.1, 0.5, 0.9))["at_or_below_p10"] == 0.74
     r.below, r.at_or_below = [0.08, 0.48, 0.92], [0.08, 0.48, 0.92]
     assert "(off)" not in "".join(r.calibration_row((0.1, 0.5, 0.9)).values())
+
+
+def test_an_ensemble_of_mqcnns_runs_as_a_rung_and_stays_causal():
+    from model.network import MQCNNEnsemble
+    from state.feedback import replay_feedback
+
+    h = seasonal_history(n_items=12, n_days=100, late_first=None, price=None)
+    cfg = BacktestConfig(
+        quantiles=Q, horizons=7, n_origins=2, spacing=7, max_seconds_per_rung=2.0, leak_check="all", members=2
+    )
+    forecasters = build_forecasters(["mqcnn-feedback"], h, cfg, replay_feedback)
+    result = run_backtest(h, forecasters, cfg, progress=False)
+    assert np.isfinite(result.rungs[0].wql)
+    assert isinstance(forecasters[0].model, MQCNNEnsemble) and len(forecasters[0].report["members"]) == 2

@@ -124,3 +124,16 @@ def test_weight_averaging_takes_a_decay_below_one_or_zero_to_turn_it_off(capsys,
         with pytest.raises(SystemExit):
             parse("--ema-decay", bad)
         assert "--ema-decay" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("command", ["train", "backtest"])
+def test_ensemble_members_must_be_a_positive_count(capsys, command):
+    def parse(*extra: str):
+        return build_parser().parse_args([command, "--data", "h.csv", "--out", "m.pt", *extra])
+
+    assert parse().members is None  # the model's default (one network) applies
+    assert parse("--members", "3").members == 3
+    for bad in ("0", "-1", "two"):
+        with pytest.raises(SystemExit):
+            parse("--members", bad)
+        assert "--members" in capsys.readouterr().err

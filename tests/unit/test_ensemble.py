@@ -1,0 +1,152 @@
+"""Ensembles of MQ-CNNs: the mean of their members' quantiles, trained, exported and served alike."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+
+from model.export import export_model, load_checkpoint, load_model, save_checkpoint
+from model.features import FUTURE_COVARIATES, PAST_COVARIATES
+from model.metrics import weighted_quantile_loss
+from model.network import MQCNN, ModelArgs, MQCNNEnsemble, build_network, member_networks
+from model.train import TrainConfig, held_out_forecasts, train
+from state.feedback import feedback_feature_names
+
+ARGS = ModelArgs(
+    context_length=28,
+    horizons=7,
+    dilations=(1, 2, 4, 8),
+    channels=16,
+    global_hidden=32,
+    horizon_context=8,
+    n_static=1,
+    members=2,
+)
+CFG = TrainConfig(epochs=3, batch_size=8, lr=1e-2, threads=1, max_minutes=1.0, feedback_stages=0)
+
+
+def _window(args: ModelArgs, b: int = 6) -> tuple[torch.Tensor, ...]:
+    g = torch.Generator().manual_seed(3)
+    L, H = args.context_length, args.horizons
+    return (
+        torch.poisson(torch.rand(b, L, generator=g) * 10),
+        (torch.rand(b, L, generator=g) > 0.2).float(),
+        torch.randn(b, L, args.n_past_cov, generator=g),
+        torch.randn(b, H, args.n_future_cov, generator=g),
+        torch.randint(0, args.static_vocab, (b, args.n_static), generator=g),
+        torch.randn(b, args.n_feedback, generator=g),
+    )
+
+
+def _ensemble(args: ModelArgs = ARGS) -> MQCNNEnsemble:
+    torch.manual_seed(0)
+    model = build_network(args)
+    assert isinstance(model, MQCNNEnsemble)
+    with torch.no_grad():  # distinct calibration shifts, so that each member's own decoding counts
+        for k, m in enumerate(member_networks(model)):
+            m.quantile_shift.copy_(torch.tensor([-0.1 * (k + 1), 0.0, 0.2 * (k + 1)]))
+    return model.eval()
+
+
+def _meta() -> dict:
+    return {
+        "freq": "D",
+        "features": {
+            "past": list(PAST_COVARIATES),
+            "future": list(FUTURE_COVARIATES),
+            "feedback": list(feedback_feature_names(ARGS.quantiles, ARGS.feedback_window)),
+        },
+        "static_columns": ["store"],
+    }
+
+
+def test_an_ensemble_forecasts_the_mean_of_its_members_quantiles():
+    model = _ensemble()
+    x = _window(ARGS)
+    with torch.no_grad():
+        each = [m(*x) for m in member_networks(model)]
+        torch.testing.assert_close(model(*x), (each[0] + each[1]) / 2)
+        assert not torch.equal(each[0], each[1])  # two members, two sets of weights
+        out = model(*x)
+    assert (out >= 0).all() and (out.diff(dim=-1) >= 0).all()  # still non-negative and ordered
+
+
+def test_a_single_member_is_a_plain_network():
+    assert isinstance(build_network(dataclasses.replace(ARGS, members=1)), MQCNN)
+    with pytest.raises(ValueError, match="members"):
+        ModelArgs(members=0)
+
+
+def test_an_exported_ensemble_serves_what_the_eager_one_forecasts(tmp_path):
+    model = _ensemble()
+    meta = _meta()
+    full = export_model(model, ARGS, tmp_path / "m.pt", meta)
+    assert full["model_args"]["members"] == 2
+    scripted, _ = load_model(tmp_path / "m.pt")
+    x = _window(ARGS)
+    with torch.no_grad():
+        torch.testing.assert_close(scripted(*x), model(*x), rtol=0, atol=0)
+        # Serving in reduced precision casts every member (the service checks for this buffer).
+        assert hasattr(scripted, "compute_dtype")
+        scripted.to(torch.bfloat16)
+        torch.testing.assert_close(scripted(*x), model(*x), rtol=0.05, atol=0.05)
+
+
+def test_an_ensemble_checkpoint_rebuilds_every_member(tmp_path):
+    model = _ensemble()
+    save_checkpoint(model, ARGS, tmp_path / "c.pt")
+    again, args, _ = load_checkpoint(tmp_path / "c.pt")
+    assert isinstance(again, MQCNNEnsemble) and args.members == 2
+    x = _window(ARGS)
+    with torch.no_grad():
+        torch.testing.assert_close(again.eval()(*x), model(*x), rtol=0, atol=0)
+
+
+def test_training_an_ensemble_trains_each_member_from_its_own_seed(make_history):
+    history = make_history(n_items=16, n_days=70)
+    args = dataclasses.replace(ARGS, n_static=0)
+    model, report = train(history, args, dataclasses.replace(CFG, calibrate=False), progress=False)
+    assert isinstance(model, MQCNNEnsemble)
+    a, b = member_networks(model)
+    assert [m["seed"] for m in report["members"]] == [0, 1]
+    assert not torch.equal(a.global_mlp[0].weight, b.global_mlp[0].weight)
+    assert {e["member"] for e in report["log"]} == {0, 1}
+    # The reported validation score is the ensemble's, the model returned.
+    pred, y = held_out_forecasts(model, history, args, report["validation_buckets"])
+    wql = weighted_quantile_loss(y, pred, np.asarray(args.quantiles))[1]
+    assert wql == pytest.approx(report["val_wql"], rel=1e-5)
+
+
+def test_an_ensemble_builds_one_set_of_feedback_features_from_its_mean_forecast(make_history):
+    history = make_history(n_items=16, n_days=70)
+    args = dataclasses.replace(ARGS, n_static=0)
+    calls: list[np.ndarray] = []
+
+    def feedback_fn(forecasts: np.ndarray, qty: np.ndarray, observed: np.ndarray) -> np.ndarray:
+        calls.append(forecasts)
+        return np.zeros((*forecasts.shape[:2], args.n_feedback), np.float32)
+
+    cfg = dataclasses.replace(CFG, feedback_stages=1, calibrate=True)
+    model, report = train(history, args, cfg, feedback_fn=feedback_fn, progress=False)
+    assert len(calls) == 1  # one stage, one set of features for every member
+    assert report["stages"] == 1 and {e["stage"] for e in report["log"]} == {0, 1}
+    # Each member calibrates its own interval; the report gives the ensemble's score after it.
+    assert len(report["calibration"]["shifts"]) == 2
+    pred, _y = held_out_forecasts(model, history, args, report["validation_buckets"])
+    assert np.isfinite(pred).all() and pred.shape[1] == len(args.quantiles)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+def test_an_exported_ensemble_runs_on_cuda(tmp_path):
+    model = _ensemble()
+    meta = _meta()
+    export_model(model, ARGS, tmp_path / "m.pt", meta)
+    scripted, _ = load_model(tmp_path / "m.pt", "cuda")
+    x = _window(ARGS)
+    with torch.no_grad():
+        out = scripted(*(t.cuda() for t in x))
+        assert out.device.type == "cuda"
+        torch.testing.assert_close(out.cpu(), model(*x), rtol=1e-4, atol=1e-4)
