@@ -58,19 +58,20 @@ def table(rows: list[tuple[str, str]], title: str) -> str:
     return "\n".join(lines)
 
 
-def default_model(tmp: Path, feedback_window: int | None = None) -> Path:
+def default_model(tmp: Path, feedback_window: int | None = None, members: int = 1) -> Path:
     """An untrained default daily model exported like a trained one (speed does not depend on weights);
-    ``feedback_window`` overrides the default's."""
+    ``feedback_window`` overrides the default's, ``members`` makes it an ensemble of that many."""
     import dataclasses
 
     from model.export import export_model
     from model.features import FUTURE_COVARIATES, PAST_COVARIATES
-    from model.network import MQCNN, default_args_for
+    from model.network import build_network, default_args_for
     from state.feedback import feedback_feature_names
 
     args = default_args_for("D")
     if feedback_window is not None:
         args = dataclasses.replace(args, feedback_window=feedback_window)
+    args = dataclasses.replace(args, members=members)
     path = tmp / "bench-model.pt"
     meta = {
         "freq": "D",
@@ -81,7 +82,7 @@ def default_model(tmp: Path, feedback_window: int | None = None) -> Path:
         },
         "static_columns": [],
     }
-    export_model(MQCNN(args).eval(), args, path, meta)
+    export_model(build_network(args).eval(), args, path, meta)
     return path
 
 

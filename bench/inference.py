@@ -29,6 +29,7 @@ from model.export import feedback_window_of
 from state.config import StateConfig
 from state.partition import ClosedBucket, PartitionState
 from stream.batcher import ForecastRequest, chunks, cut_at_batches
+from stream.config import positive_int
 from stream.inference import Predictor
 from stream.inputs import StaticTable, inputs_for
 from stream.pipeline import forecast_pipelined
@@ -180,9 +181,10 @@ def run(
     feedback_window: int | None = None,
     precisions: tuple[str, ...] = ("fp32",),
     min_s: float = 2.0,
+    members: int = 1,
 ) -> list[tuple[str, str]]:
     with tempfile.TemporaryDirectory() as tmp:
-        path = default_model(Path(tmp), feedback_window)
+        path = default_model(Path(tmp), feedback_window, members)
         layouts = {p: _layouts(path, device, p) for p in precisions}
     first = next(iter(layouts[precisions[0]].values()))
     work = Workload(first, n_items)
@@ -190,6 +192,7 @@ def run(
     rows = [
         ("device", str(first.device)),
         ("feedback window", str(work.cfg.feedback_window)),
+        ("networks averaged (members)", str(members)),
         ("items in the closed bucket", f"{n:,}"),
     ]
     tensors = work.tensors(first.device)
@@ -241,9 +244,12 @@ def main(argv: list[str] | None = None) -> None:
         help="comma-separated dtypes the model's layers compute in: fp32, bf16, fp16 (default: fp32)",
     )
     p.add_argument("--seconds", type=float, default=2.0, help="minimum time per figure (default: 2)")
+    p.add_argument(
+        "--members", type=positive_int, default=1, help="an ensemble of this many networks (default: 1)"
+    )
     a = p.parse_args(argv)
     sizes = [int(x) for x in a.batch_sizes.split(",")]
-    rows = run(a.items, sizes, a.device, a.feedback_window, a.precisions, a.seconds)
+    rows = run(a.items, sizes, a.device, a.feedback_window, a.precisions, a.seconds, a.members)
     print(table(rows, f"Inference ({machine()}, {torch.get_num_threads()} threads)"))
 
 
