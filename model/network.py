@@ -118,7 +118,9 @@ def default_args_for(freq: str) -> ModelArgs:
     if freq == "W":
         # The latest 8 weeks read directly: on the Walmart backtest wQL 0.0616 / 0.0602 against
         # 0.0648 / 0.0639 without (seeds 0 / 1); on daily retail it changed nothing (0.6489 / 0.6495).
-        return ModelArgs(context_length=52, horizons=8, dilations=(1, 2, 4, 8, 16), recent=8)
+        # Two members: on Walmart about 1.5% lower wQL and a quarter less volatility than single
+        # networks; a week's bucket closes once a week, so the second forward costs little.
+        return ModelArgs(context_length=52, horizons=8, dilations=(1, 2, 4, 8, 16), recent=8, members=2)
     if freq == "M":
         return ModelArgs(context_length=24, horizons=6, dilations=(1, 2, 4, 8))
     if freq == "h":

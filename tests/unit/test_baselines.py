@@ -209,3 +209,17 @@ def test_feed_forward_keeps_the_averaged_weights_unless_told_not_to(history):
         not torch.equal(a, b)
         for a, b in zip(averaged.net.state_dict().values(), raw.net.state_dict().values(), strict=True)
     )
+
+
+def test_feed_forward_fits_the_same_weights_for_a_seed_when_its_steps_end_the_run(history):
+    until = 84
+    # A budget so far beyond what 150 small steps need that its whole percents never advance the
+    # schedule (the time share counts in them), not even on a busy machine.
+    spec = dataclasses.replace(SPEC, max_seconds=300.0)
+    a, b = small("ffn", spec), small("ffn", spec)
+    for f in (a, b):
+        f.fit(history.head(until), until)
+        assert f.info["steps"] == 150
+    # The learning rate follows the step count, not the wall clock, so nothing differs.
+    for x, y in zip(a.net.state_dict().values(), b.net.state_dict().values(), strict=True):
+        assert torch.equal(x, y)
