@@ -181,10 +181,10 @@ def run(
     feedback_window: int | None = None,
     precisions: tuple[str, ...] = ("fp32",),
     min_s: float = 2.0,
-    members: int = 1,
+    ensemble: int = 1,
 ) -> list[tuple[str, str]]:
     with tempfile.TemporaryDirectory() as tmp:
-        path = default_model(Path(tmp), feedback_window, members)
+        path = default_model(Path(tmp), feedback_window, ensemble)
         layouts = {p: _layouts(path, device, p) for p in precisions}
     first = next(iter(layouts[precisions[0]].values()))
     work = Workload(first, n_items)
@@ -192,7 +192,7 @@ def run(
     rows = [
         ("device", str(first.device)),
         ("feedback window", str(work.cfg.feedback_window)),
-        ("networks averaged (members)", str(members)),
+        ("networks averaged (ensemble)", str(ensemble)),
         ("items in the closed bucket", f"{n:,}"),
     ]
     tensors = work.tensors(first.device)
@@ -245,11 +245,11 @@ def main(argv: list[str] | None = None) -> None:
     )
     p.add_argument("--seconds", type=float, default=2.0, help="minimum time per figure (default: 2)")
     p.add_argument(
-        "--members", type=positive_int, default=1, help="an ensemble of this many networks (default: 1)"
+        "--ensemble", type=positive_int, default=1, help="an ensemble of this many networks (default: 1)"
     )
     a = p.parse_args(argv)
     sizes = [int(x) for x in a.batch_sizes.split(",")]
-    rows = run(a.items, sizes, a.device, a.feedback_window, a.precisions, a.seconds, a.members)
+    rows = run(a.items, sizes, a.device, a.feedback_window, a.precisions, a.seconds, a.ensemble)
     print(table(rows, f"Inference ({machine()}, {torch.get_num_threads()} threads)"))
 
 

@@ -73,7 +73,7 @@ class BacktestConfig:
     feedback_window: int | None = None  # scored buckets the feedback rung attends over (None: default)
     recent: int | None = None  # latest buckets the MQ-CNN rungs' decoder reads directly (None: default)
     ema_decay: float | None = None  # weight averaging of the ffn and MQ-CNN rungs (None: their default)
-    members: int | None = None  # networks averaged by the MQ-CNN rungs (None: the model's default)
+    ensemble: int | None = None  # networks averaged by the MQ-CNN rungs (None: the model's default)
     leak_check: str = "first"  # "first", "all" (every evaluation origin) or "none"
     volatility_pairs: bool = True  # also forecast at t+1 for every evaluation origin t
     threads: int | None = 1  # torch CPU threads during the run; None leaves torch's setting
@@ -136,7 +136,7 @@ def spec_for(history: History, cfg: BacktestConfig) -> ForecastSpec:
         feedback_window=cfg.feedback_window,
         recent=cfg.recent,
         ema_decay=cfg.ema_decay,
-        members=cfg.members,
+        ensemble=cfg.ensemble,
     )
 
 

@@ -68,7 +68,7 @@ class ForecastSpec:
     feedback_window: int | None = None  # mqcnn-feedback: scored buckets attended over (None: the default)
     recent: int | None = None  # MQ-CNN rungs: latest buckets the decoder reads directly (None: the default)
     ema_decay: float | None = None  # trained rungs (ffn, MQ-CNN): weight averaging decay (None: default)
-    members: int | None = None  # MQ-CNN rungs: networks whose quantiles are averaged (None: the default)
+    ensemble: int | None = None  # MQ-CNN rungs: networks whose quantiles are averaged (None: the default)
 
     def __post_init__(self) -> None:
         q = tuple(float(x) for x in self.quantiles)
@@ -79,8 +79,8 @@ class ForecastSpec:
             raise ValueError("horizons and context_length must be >= 1")
         if self.ema_decay is not None and not 0.0 <= self.ema_decay < 1.0:
             raise ValueError(f"ema_decay must be in [0, 1), got {self.ema_decay}")
-        if self.members is not None and self.members < 1:
-            raise ValueError(f"members must be >= 1, got {self.members}")
+        if self.ensemble is not None and self.ensemble < 1:
+            raise ValueError(f"ensemble must be >= 1, got {self.ensemble}")
 
 
 def default_spec(freq: str, **overrides: object) -> ForecastSpec:
@@ -1005,8 +1005,8 @@ class MQCNNForecaster:
             args = dataclasses.replace(args, feedback_window=self.spec.feedback_window)
         if self.spec.recent is not None:
             args = dataclasses.replace(args, recent=self.spec.recent)
-        if self.spec.members is not None:
-            args = dataclasses.replace(args, members=self.spec.members)
+        if self.spec.ensemble is not None:
+            args = dataclasses.replace(args, ensemble=self.spec.ensemble)
         cfg = TrainConfig(
             seed=self.spec.seed,
             max_minutes=self.spec.max_seconds / 60.0,

@@ -70,7 +70,7 @@ class ModelArgs:
     attention_dim: int = 16
     # Networks of these arguments, trained from consecutive seeds, whose quantiles are averaged
     # (``MQCNNEnsemble``; 1: a single network). Each member costs a whole training and a forward.
-    members: int = 1
+    ensemble: int = 1
     # Derived, never set: (3 + len(quantiles)) * (1 + feedback_window), the width of state.feedback's
     # features. A field so that checkpoints list it, recomputed so that ``dataclasses.replace`` with
     # other quantiles or another window cannot carry a stale width.
@@ -81,8 +81,8 @@ class ModelArgs:
         self.dilations = tuple(int(d) for d in self.dilations)
         if self.feedback_window < 0 or self.attention_dim < 1:
             raise ValueError("feedback_window must be >= 0 and attention_dim >= 1")
-        if self.members < 1:
-            raise ValueError(f"members must be >= 1, got {self.members}")
+        if self.ensemble < 1:
+            raise ValueError(f"ensemble must be >= 1 (networks averaged), got {self.ensemble}")
         self.n_feedback = (3 + len(self.quantiles)) * (1 + self.feedback_window)
         if not self.quantiles or list(self.quantiles) != sorted(set(self.quantiles)):
             raise ValueError(f"quantiles must be strictly increasing, got {self.quantiles}")
@@ -120,7 +120,7 @@ def default_args_for(freq: str) -> ModelArgs:
         # 0.0648 / 0.0639 without (seeds 0 / 1); on daily retail it changed nothing (0.6489 / 0.6495).
         # Two members: on Walmart about 1.5% lower wQL and a quarter less volatility than single
         # networks; a week's bucket closes once a week, so the second forward costs little.
-        return ModelArgs(context_length=52, horizons=8, dilations=(1, 2, 4, 8, 16), recent=8, members=2)
+        return ModelArgs(context_length=52, horizons=8, dilations=(1, 2, 4, 8, 16), recent=8, ensemble=2)
     if freq == "M":
         return ModelArgs(context_length=24, horizons=6, dilations=(1, 2, 4, 8))
     if freq == "h":
@@ -561,10 +561,10 @@ class MQCNNEnsemble(nn.Module):
 
 
 def build_network(args: ModelArgs) -> MQCNN | MQCNNEnsemble:
-    """A fresh network for ``args``: an :class:`MQCNN`, or an ensemble of ``args.members`` of them."""
-    if args.members == 1:
+    """A fresh network for ``args``: an :class:`MQCNN`, or an ensemble of ``args.ensemble`` of them."""
+    if args.ensemble == 1:
         return MQCNN(args)
-    return MQCNNEnsemble([MQCNN(args) for _ in range(args.members)])
+    return MQCNNEnsemble([MQCNN(args) for _ in range(args.ensemble)])
 
 
 def member_networks(model: MQCNN | MQCNNEnsemble) -> list[MQCNN]:

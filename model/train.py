@@ -419,7 +419,7 @@ def train(
     progress: bool = True,
     model: MQCNN | MQCNNEnsemble | None = None,
 ) -> tuple[MQCNN | MQCNNEnsemble, dict]:
-    """Train an :class:`MQCNN` (an :class:`MQCNNEnsemble` of ``args.members``) on ``history``;
+    """Train an :class:`MQCNN` (an :class:`MQCNNEnsemble` of ``args.ensemble``) on ``history``;
     returns the network (on the CPU, in eval mode) and a report (losses, validation wQL per
     quantile, coverage, volatility, seconds, parameters, a log per epoch).
 
@@ -429,7 +429,7 @@ def train(
     training a network built with ``args`` (from a checkpoint, say), in place, instead of a fresh one.
 
     Ensemble members train one after the other, each from its own seed (``seed + k``) with the
-    whole ``max_minutes``, so ``members`` networks take that many times as long. Each feedback stage
+    whole ``max_minutes``, so an ensemble of K networks takes that many times as long. Each feedback stage
     builds its features from the mean of all members' forecasts, which is what the service serves
     and its ledger scores; each member keeps its own best weights and calibrates its own interval.
     """
@@ -445,11 +445,13 @@ def train(
     fresh = model is None
     if model is not None:
         nets = member_networks(model)
-        if len(nets) != args.members:
-            raise ValueError(f"the model has {len(nets)} member network(s), the arguments say {args.members}")
+        if len(nets) != args.ensemble:
+            raise ValueError(
+                f"the model has {len(nets)} member network(s), the arguments say {args.ensemble}"
+            )
     else:
         nets = []
-        for k in range(args.members):
+        for k in range(args.ensemble):
             torch.manual_seed(cfg.seed + k)
             nets.append(MQCNN(args))
     members: list[_Member] = []

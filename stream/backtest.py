@@ -90,11 +90,11 @@ def add_backtest_arguments(parser: argparse.ArgumentParser) -> None:
         "this decay per step (default 0.998 for the MQ-CNNs, 0.999 for ffn; 0 keeps the raw weights)",
     )
     parser.add_argument(
-        "--members",
+        "--ensemble",
         type=positive_int,
         default=None,
         help="the MQ-CNN rungs train this many networks from consecutive seeds and forecast the mean "
-        "of their quantiles, each with the whole fit budget (default 1)",
+        "of their quantiles, each with the whole fit budget (default: 2 for weekly data, else 1)",
     )
     parser.add_argument("--no-plots", action="store_true", help="tables only")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
@@ -131,7 +131,7 @@ def run_backtest_command(args: argparse.Namespace, feedback_replay: FeedbackRepl
             feedback_window=args.feedback_window,
             recent=args.recent,
             ema_decay=args.ema_decay,
-            members=args.members,
+            ensemble=args.ensemble,
             leak_check=args.leak_check,
             threads=args.threads,
         )

@@ -215,11 +215,12 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
         "(default 0.998; 0 keeps the raw weights)",
     )
     p.add_argument(
-        "--members",
+        "--ensemble",
         type=positive_int,
         default=None,
         help="train this many networks from consecutive seeds and serve the mean of their quantiles "
-        "(default 1; each one takes the whole --max-minutes and a forward per forecast)",
+        "(default: 2 for weekly data, else 1; each one takes the whole --max-minutes and a forward "
+        "per forecast)",
     )
     p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
     p.add_argument(

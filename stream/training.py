@@ -49,7 +49,7 @@ def train_artifact(
     feedback_window: int | None = None,
     recent: int | None = None,
     ema_decay: float | None = None,
-    members: int | None = None,
+    ensemble: int | None = None,
     seed: int = 0,
     calibrate: bool = True,
     threads: int | None = None,
@@ -74,8 +74,8 @@ def train_artifact(
         overrides["feedback_window"] = feedback_window
     if recent is not None:
         overrides["recent"] = recent
-    if members is not None:
-        overrides["members"] = members
+    if ensemble is not None:
+        overrides["ensemble"] = ensemble
     args = dataclasses.replace(args, **overrides)
 
     cfg = TrainConfig()
@@ -148,7 +148,7 @@ def run_train(args: argparse.Namespace) -> int:
         feedback_window=args.feedback_window,
         recent=args.recent,
         ema_decay=args.ema_decay,
-        members=args.members,
+        ensemble=args.ensemble,
         seed=args.seed,
         calibrate=args.calibrate,
         threads=args.threads,

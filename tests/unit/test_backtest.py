@@ -289,7 +289,13 @@ def test_an_ensemble_of_mqcnns_runs_as_a_rung_and_stays_causal():
 
     h = seasonal_history(n_items=12, n_days=100, late_first=None, price=None)
     cfg = BacktestConfig(
-        quantiles=Q, horizons=7, n_origins=2, spacing=7, max_seconds_per_rung=2.0, leak_check="all", members=2
+        quantiles=Q,
+        horizons=7,
+        n_origins=2,
+        spacing=7,
+        max_seconds_per_rung=2.0,
+        leak_check="all",
+        ensemble=2,
     )
     forecasters = build_forecasters(["mqcnn-feedback"], h, cfg, replay_feedback)
     result = run_backtest(h, forecasters, cfg, progress=False)

@@ -131,9 +131,9 @@ def test_ensemble_members_must_be_a_positive_count(capsys, command):
     def parse(*extra: str):
         return build_parser().parse_args([command, "--data", "h.csv", "--out", "m.pt", *extra])
 
-    assert parse().members is None  # the model's default (one network) applies
-    assert parse("--members", "3").members == 3
+    assert parse().ensemble is None  # the model's default applies
+    assert parse("--ensemble", "3").ensemble == 3
     for bad in ("0", "-1", "two"):
         with pytest.raises(SystemExit):
-            parse("--members", bad)
-        assert "--members" in capsys.readouterr().err
+            parse("--ensemble", bad)
+        assert "--ensemble" in capsys.readouterr().err

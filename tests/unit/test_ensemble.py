@@ -23,7 +23,7 @@ ARGS = ModelArgs(
     global_hidden=32,
     horizon_context=8,
     n_static=1,
-    members=2,
+    ensemble=2,
 )
 CFG = TrainConfig(epochs=3, batch_size=8, lr=1e-2, threads=1, max_minutes=1.0, feedback_stages=0)
 
@@ -75,16 +75,16 @@ def test_an_ensemble_forecasts_the_mean_of_its_members_quantiles():
 
 
 def test_a_single_member_is_a_plain_network():
-    assert isinstance(build_network(dataclasses.replace(ARGS, members=1)), MQCNN)
-    with pytest.raises(ValueError, match="members"):
-        ModelArgs(members=0)
+    assert isinstance(build_network(dataclasses.replace(ARGS, ensemble=1)), MQCNN)
+    with pytest.raises(ValueError, match="ensemble"):
+        ModelArgs(ensemble=0)
 
 
 def test_an_exported_ensemble_serves_what_the_eager_one_forecasts(tmp_path):
     model = _ensemble()
     meta = _meta()
     full = export_model(model, ARGS, tmp_path / "m.pt", meta)
-    assert full["model_args"]["members"] == 2
+    assert full["model_args"]["ensemble"] == 2
     scripted, _ = load_model(tmp_path / "m.pt")
     x = _window(ARGS)
     with torch.no_grad():
@@ -99,7 +99,7 @@ def test_an_ensemble_checkpoint_rebuilds_every_member(tmp_path):
     model = _ensemble()
     save_checkpoint(model, ARGS, tmp_path / "c.pt")
     again, args, _ = load_checkpoint(tmp_path / "c.pt")
-    assert isinstance(again, MQCNNEnsemble) and args.members == 2
+    assert isinstance(again, MQCNNEnsemble) and args.ensemble == 2
     x = _window(ARGS)
     with torch.no_grad():
         torch.testing.assert_close(again.eval()(*x), model(*x), rtol=0, atol=0)
