@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The GPU figures in one go, most important first: the CUDA tests, the inference batch-size curve in
-# each precision, decoder attention on the GPU, several processes sharing the GPU, a 1M-item bucket
-# roll, and what bf16/fp16 cost in accuracy. Each table is printed and kept under OUT_DIR.
+# each precision, an ensemble of two networks, decoder attention on the GPU, several processes
+# sharing the GPU, a 1M-item bucket roll, and what bf16/fp16 cost in accuracy. Each table is
+# printed and kept under OUT_DIR.
 #
 #   bash bench/gpu.sh [OUT_DIR]          (default: runs/gpu)
 #
@@ -32,9 +33,11 @@ if command -v nvidia-smi >/dev/null; then
     nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv | tee "$out/gpu.txt"
 fi
 step tests "$py" -m pytest -q -p no:cacheprovider tests/unit/test_export.py tests/unit/test_network.py \
-    tests/unit/test_pipeline.py -k "cuda or precision"
+    tests/unit/test_pipeline.py tests/unit/test_ensemble.py -k "cuda or precision"
 step inference "$py" -m bench inference --device "$device" --items "$items" --batch-sizes "$batches" \
     --precisions fp32,bf16,fp16 --seconds 1
+step ensemble "$py" -m bench inference --device "$device" --items "$items" --batch-sizes "${batches##*,}" \
+    --precisions fp32,bf16 --ensemble 2 --seconds 1
 step attention "$py" -m bench inference --device "$device" --items "$items" --batch-sizes "${batches##*,}" \
     --precisions fp32,bf16 --feedback-window 14 --seconds 1
 step processes "$py" -m bench processes --device "$device" --items "$((items * 2))" --batch "${batches##*,}" \
