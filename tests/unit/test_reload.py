@@ -10,7 +10,7 @@ import torch
 
 from model.export import export_model
 from model.features import FUTURE_COVARIATES, PAST_COVARIATES
-from model.network import MQCNN, ModelArgs
+from model.network import ModelArgs, build_network
 from state.feedback import feedback_feature_names
 from stream.config import ReloadConfig, ServiceConfig
 from stream.errors import ModelMismatchError
@@ -28,7 +28,7 @@ def _export(path, seed: int, **args) -> None:
         "features": {"past": list(PAST_COVARIATES), "future": list(FUTURE_COVARIATES), "feedback": feedback},
         "static_columns": [],
     }
-    export_model(MQCNN(margs).eval(), margs, path, meta)
+    export_model(build_network(margs).eval(), margs, path, meta)
 
 
 def _bump_mtime(path, seconds: int) -> None:
@@ -142,3 +142,16 @@ def test_a_new_model_is_loaded_in_the_serving_precision_and_workers(serving, tmp
     assert new is not None and new.precision == "bf16" and new.workers == 3
     assert new.module.compute_dtype.dtype == torch.bfloat16
     new.close()
+
+
+def test_an_ensemble_artefact_replaces_a_single_network_while_serving(serving, tmp_path):
+    path, current = serving
+    refused: list[str] = []
+    watcher = _watcher(path, current, refused)
+    staged = tmp_path / "ensemble.pt.tmp"
+    _export(staged, seed=3, ensemble=2)  # same inputs and outputs, two networks inside
+    os.replace(staged, path)
+    _bump_mtime(path, 5)
+    assert not watcher.check() and watcher.check()
+    new = watcher.take()
+    assert new is not None and new.meta["model_args"]["ensemble"] == 2 and refused == []
