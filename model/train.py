@@ -12,6 +12,7 @@ returns, so the network learns from the inputs the service will give it.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
 import time
@@ -235,27 +236,16 @@ def _calibrate(
     tt: TrainingTensors,
     fb: np.ndarray,
     val_cells: np.ndarray,
-    objective: _Objective,
-    device: torch.device,
-    before: dict[str, float],
-) -> tuple[dict, dict[str, float]]:
-    """Fit and set the quantile shifts on the validation cells; returns them with the validation
-    scores ``before`` (the chosen entry's, already measured for these weights) and after, and the
-    scores after (in-sample for the shifts, so a little optimistic)."""
+    quantiles: tuple[float, ...],
+    device,
+) -> list[float]:
+    """Fit the quantile shifts on the validation cells, set them in ``model`` and return them."""
     pred, since, cells = _forecast_cells(model, tt, fb, val_cells, device)
     scale = np.broadcast_to(_rolling_scale(tt, model.context_length)[:, since:, None], cells.shape)
-    shifts = interval_shifts(pred[cells], tt.ahead[:, since:][cells], scale[cells], tuple(objective.q))
+    shifts = interval_shifts(pred[cells], tt.ahead[:, since:][cells], scale[cells], quantiles)
     with torch.no_grad():
         model.quantile_shift.copy_(torch.from_numpy(shifts))
-    after = _evaluate(model, tt, fb, val_cells, objective, device)
-    info = {
-        "shifts": [round(float(x), 4) for x in shifts],
-        "val_wql_before": before["val_wql"],
-        "val_wql_after": after["wql"],
-        "val_coverage_before": before["val_coverage"],
-        "val_coverage_after": after["coverage"],
-    }
-    return info, after
+    return [round(float(x), 4) for x in shifts]
 
 
 def _first_origin(cells: np.ndarray) -> int:
@@ -400,17 +390,6 @@ class _Member:
     best: dict = field(default_factory=dict)
 
 
-def _averaged_forecasts(members: list[_Member], tt: TrainingTensors, fb: np.ndarray, device) -> np.ndarray:
-    """The mean of the members' forecasts at every origin, from the weights each would keep."""
-    total: np.ndarray | None = None
-    for m in members:
-        with averaged(m.average):
-            pred = forecast_all(m.model, tt, fb, device)
-        total = pred if total is None else total + pred
-    assert total is not None
-    return total / len(members)
-
-
 def train(
     history: History,
     args: ModelArgs,
@@ -443,8 +422,10 @@ def train(
     v = min(v, max(1, tt.n_steps // 4))
     train_cells, val_cells = _split_cells(tt, v)
     fresh = model is None
+    # ``final`` is what is returned and what the feedback stages forecast with: the members' mean.
+    final: MQCNN | MQCNNEnsemble
     if model is not None:
-        nets = member_networks(model)
+        final, nets = model, member_networks(model)
         if len(nets) != args.ensemble:
             raise ValueError(
                 f"the model has {len(nets)} member network(s), the arguments say {args.ensemble}"
@@ -454,10 +435,14 @@ def train(
         for k in range(args.ensemble):
             torch.manual_seed(cfg.seed + k)
             nets.append(MQCNN(args))
+        final = nets[0] if len(nets) == 1 else MQCNNEnsemble(nets)
+    drop_day_of_year = cfg.day_of_year == "off" or (
+        cfg.day_of_year == "auto" and fresh and not covers_a_year(history)
+    )
     members: list[_Member] = []
     for k, net in enumerate(nets):
         net.to(device)
-        if cfg.day_of_year == "off" or (cfg.day_of_year == "auto" and fresh and not covers_a_year(history)):
+        if drop_day_of_year:
             net.mask_covariates(DAY_OF_YEAR)
         members.append(
             _Member(
@@ -483,21 +468,27 @@ def train(
     log: list[dict] = []
     gap: dict[str, float] = {}
     bar = tqdm(total=total_steps * len(members), disable=not progress, desc="train", unit="step")
-    shared_s = time.monotonic() - t_start
+    setup_s = time.monotonic() - t_start
+    for m in members:
+        m.elapsed = setup_s
     for stage, epochs, stage_budget in plan:
         if stage > 0:
             assert feedback_fn is not None
             t0 = time.monotonic()
-            # The next stage's features come from the weights kept, averaged over the members.
-            forecasts = _averaged_forecasts(members, tt, fb, device)
+            # The next stage's features come from the weights each member keeps, as served: the
+            # members' mean.
+            with contextlib.ExitStack() as stack:
+                for m in members:
+                    stack.enter_context(averaged(m.average))
+                forecasts = forecast_all(final, tt, fb, device)
             fb = np.asarray(feedback_fn(forecasts, tt.target, tt.observed > 0), dtype=np.float32)
             if not gap and val_cells.any():
                 gap = feedback_error_gap(forecasts, tt, train_cells, val_cells, v, args.quantiles)
-            shared_s += time.monotonic() - t0
+            shared_s = time.monotonic() - t0
             for m in members:
                 m.best = {}
+                m.elapsed += shared_s
         for k, m in enumerate(members):
-            m.elapsed = max(m.elapsed, shared_s)
             stage_start = time.monotonic()
             for epoch in range(epochs):
                 m.model.train()
@@ -551,13 +542,11 @@ def train(
                     break
             m.elapsed += time.monotonic() - stage_start
     bar.close()
-    calibrations: list[dict] = []
     for m in members:
         m.model.load_state_dict(m.best["state"])
         m.model.eval()
-    final: MQCNN | MQCNNEnsemble = members[0].model if len(members) == 1 else MQCNNEnsemble(nets)
     if len(members) == 1:
-        chosen = members[0].best["entry"]
+        chosen = members[0].best["entry"]  # scored when it was kept
     else:
         chosen = {
             "stage": members[0].best["entry"]["stage"],
@@ -568,11 +557,10 @@ def train(
         chosen.update({f"val_{k}": x for k, x in scores.items()})
     calibration: dict = {}
     if cfg.calibrate and val_cells.any():
-        for m in members:
-            calibrations.append(_calibrate(m.model, tt, fb, val_cells, objective, device, m.best["entry"])[0])
+        shifts = [_calibrate(m.model, tt, fb, val_cells, args.quantiles, device) for m in members]
         scores = _evaluate(final, tt, fb, val_cells, objective, device)
         calibration = {
-            "shifts": calibrations[0]["shifts"] if len(members) == 1 else [c["shifts"] for c in calibrations],
+            "shifts": shifts[0] if len(members) == 1 else shifts,
             "val_wql_before": chosen["val_wql"],
             "val_wql_after": scores["wql"],
             "val_coverage_before": chosen["val_coverage"],

@@ -199,21 +199,20 @@ def test_baselines_through_the_backtest_and_outputs(tmp_path):
     assert "| ets |" in (tmp_path / "backtest.md").read_text()
 
 
-def test_mqcnn_rungs_run_and_are_causal():
+def _small_mqcnn_backtest(rungs: list[str], **config: object):
+    """The MQ-CNN ``rungs`` fitted for 2 s each and scored at 2 origins, every one leak-checked."""
     from state.feedback import replay_feedback
 
     h = seasonal_history(n_items=12, n_days=100, late_first=None, price=None)
     cfg = BacktestConfig(
-        quantiles=Q,
-        horizons=7,
-        n_origins=2,
-        spacing=7,
-        max_seconds_per_rung=2.0,
-        leak_check="all",
-        ema_decay=0.9,
+        quantiles=Q, horizons=7, n_origins=2, spacing=7, max_seconds_per_rung=2.0, leak_check="all", **config
     )
-    forecasters = build_forecasters(["mqcnn", "mqcnn-feedback"], h, cfg, replay_feedback)
-    result = run_backtest(h, forecasters, cfg, progress=False)
+    forecasters = build_forecasters(rungs, h, cfg, replay_feedback)
+    return forecasters, run_backtest(h, forecasters, cfg, progress=False)
+
+
+def test_mqcnn_rungs_run_and_are_causal():
+    forecasters, result = _small_mqcnn_backtest(["mqcnn", "mqcnn-feedback"], ema_decay=0.9)
     assert [r.name for r in result.rungs] == ["mqcnn", "mqcnn-feedback"]
     assert all(np.isfinite(r.wql) for r in result.rungs)
     assert all(f.report["config"]["ema_decay"] == 0.9 for f in forecasters)  # the flag reached training
@@ -285,19 +284,7 @@ def test_calibration_row_marks_a_level_outside_its_shares_beyond_the_tolerance()
 
 def test_an_ensemble_of_mqcnns_runs_as_a_rung_and_stays_causal():
     from model.network import MQCNNEnsemble
-    from state.feedback import replay_feedback
 
-    h = seasonal_history(n_items=12, n_days=100, late_first=None, price=None)
-    cfg = BacktestConfig(
-        quantiles=Q,
-        horizons=7,
-        n_origins=2,
-        spacing=7,
-        max_seconds_per_rung=2.0,
-        leak_check="all",
-        ensemble=2,
-    )
-    forecasters = build_forecasters(["mqcnn-feedback"], h, cfg, replay_feedback)
-    result = run_backtest(h, forecasters, cfg, progress=False)
+    forecasters, result = _small_mqcnn_backtest(["mqcnn-feedback"], ensemble=2)
     assert np.isfinite(result.rungs[0].wql)
     assert isinstance(forecasters[0].model, MQCNNEnsemble) and len(forecasters[0].report["members"]) == 2

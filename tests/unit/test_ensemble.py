@@ -7,13 +7,12 @@ import dataclasses
 import numpy as np
 import pytest
 import torch
+from artefacts import export_meta, window
 
 from model.export import export_model, load_checkpoint, load_model, save_checkpoint
-from model.features import FUTURE_COVARIATES, PAST_COVARIATES
 from model.metrics import weighted_quantile_loss
 from model.network import MQCNN, ModelArgs, MQCNNEnsemble, build_network, member_networks
 from model.train import TrainConfig, held_out_forecasts, train
-from state.feedback import feedback_feature_names
 
 ARGS = ModelArgs(
     context_length=28,
@@ -28,19 +27,6 @@ ARGS = ModelArgs(
 CFG = TrainConfig(epochs=3, batch_size=8, lr=1e-2, threads=1, max_minutes=1.0, feedback_stages=0)
 
 
-def _window(args: ModelArgs, b: int = 6) -> tuple[torch.Tensor, ...]:
-    g = torch.Generator().manual_seed(3)
-    L, H = args.context_length, args.horizons
-    return (
-        torch.poisson(torch.rand(b, L, generator=g) * 10),
-        (torch.rand(b, L, generator=g) > 0.2).float(),
-        torch.randn(b, L, args.n_past_cov, generator=g),
-        torch.randn(b, H, args.n_future_cov, generator=g),
-        torch.randint(0, args.static_vocab, (b, args.n_static), generator=g),
-        torch.randn(b, args.n_feedback, generator=g),
-    )
-
-
 def _ensemble(args: ModelArgs = ARGS) -> MQCNNEnsemble:
     torch.manual_seed(0)
     model = build_network(args)
@@ -51,21 +37,9 @@ def _ensemble(args: ModelArgs = ARGS) -> MQCNNEnsemble:
     return model.eval()
 
 
-def _meta() -> dict:
-    return {
-        "freq": "D",
-        "features": {
-            "past": list(PAST_COVARIATES),
-            "future": list(FUTURE_COVARIATES),
-            "feedback": list(feedback_feature_names(ARGS.quantiles, ARGS.feedback_window)),
-        },
-        "static_columns": ["store"],
-    }
-
-
 def test_an_ensemble_forecasts_the_mean_of_its_members_quantiles():
     model = _ensemble()
-    x = _window(ARGS)
+    x = window(ARGS, b=6, seed=3)
     with torch.no_grad():
         each = [m(*x) for m in member_networks(model)]
         torch.testing.assert_close(model(*x), (each[0] + each[1]) / 2)
@@ -82,11 +56,11 @@ def test_a_single_member_is_a_plain_network():
 
 def test_an_exported_ensemble_serves_what_the_eager_one_forecasts(tmp_path):
     model = _ensemble()
-    meta = _meta()
+    meta = export_meta()
     full = export_model(model, ARGS, tmp_path / "m.pt", meta)
     assert full["model_args"]["ensemble"] == 2
     scripted, _ = load_model(tmp_path / "m.pt")
-    x = _window(ARGS)
+    x = window(ARGS, b=6, seed=3)
     with torch.no_grad():
         torch.testing.assert_close(scripted(*x), model(*x), rtol=0, atol=0)
         # Serving in reduced precision casts every member (the service checks for this buffer).
@@ -100,7 +74,7 @@ def test_an_ensemble_checkpoint_rebuilds_every_member(tmp_path):
     save_checkpoint(model, ARGS, tmp_path / "c.pt")
     again, args, _ = load_checkpoint(tmp_path / "c.pt")
     assert isinstance(again, MQCNNEnsemble) and args.ensemble == 2
-    x = _window(ARGS)
+    x = window(ARGS, b=6, seed=3)
     with torch.no_grad():
         torch.testing.assert_close(again.eval()(*x), model(*x), rtol=0, atol=0)
 
@@ -142,10 +116,10 @@ def test_an_ensemble_builds_one_set_of_feedback_features_from_its_mean_forecast(
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
 def test_an_exported_ensemble_runs_on_cuda(tmp_path):
     model = _ensemble()
-    meta = _meta()
+    meta = export_meta()
     export_model(model, ARGS, tmp_path / "m.pt", meta)
     scripted, _ = load_model(tmp_path / "m.pt", "cuda")
-    x = _window(ARGS)
+    x = window(ARGS, b=6, seed=3)
     with torch.no_grad():
         out = scripted(*(t.cuda() for t in x))
         assert out.device.type == "cuda"

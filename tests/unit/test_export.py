@@ -7,31 +7,11 @@ import zipfile
 
 import pytest
 import torch
+from artefacts import FEATURES, FEEDBACK, export_meta, window
 
 from model.errors import ArtifactError
 from model.export import check_compatible, export_model, load_checkpoint, load_model, save_checkpoint
-from model.features import FUTURE_COVARIATES, PAST_COVARIATES
 from model.network import MQCNN, ModelArgs
-
-FEEDBACK = ["fb_weight", "fb_bias", "fb_coverage", "fb_pinball_q0.1", "fb_pinball_q0.5", "fb_pinball_q0.9"]
-FEATURES = {"past": list(PAST_COVARIATES), "future": list(FUTURE_COVARIATES), "feedback": FEEDBACK}
-
-
-def _meta(**extra) -> dict:
-    return {"freq": "D", "features": FEATURES, "static_columns": ["store"], **extra}
-
-
-def _window(args: ModelArgs, b: int = 5) -> tuple[torch.Tensor, ...]:
-    g = torch.Generator().manual_seed(1)
-    L, H = args.context_length, args.horizons
-    return (
-        torch.poisson(torch.rand(b, L, generator=g) * 10),
-        (torch.rand(b, L, generator=g) > 0.2).float(),
-        torch.randn(b, L, args.n_past_cov, generator=g),
-        torch.randn(b, H, args.n_future_cov, generator=g),
-        torch.randint(0, args.static_vocab, (b, args.n_static), generator=g),
-        torch.randn(b, args.n_feedback, generator=g),
-    )
 
 
 @pytest.fixture
@@ -40,14 +20,14 @@ def exported(tmp_path):
     torch.manual_seed(0)
     model = MQCNN(args).eval()
     path = tmp_path / "m.pt"
-    meta = export_model(model, args, path, _meta(report={"val_wql": 0.5}))
+    meta = export_model(model, args, path, export_meta(report={"val_wql": 0.5}))
     return model, args, path, meta
 
 
 def test_scripted_outputs_equal_eager_outputs(exported):
     model, args, path, _ = exported
     scripted, _ = load_model(path)
-    x = _window(args)
+    x = window(args)
     series = tuple(
         torch.cat([a] * 2, dim=1) if a.dim() > 1 and a.shape[1] == args.context_length else a for a in x
     )
@@ -71,8 +51,8 @@ def exported_with_window(tmp_path):
     model = MQCNN(args).eval()
     names = [f"fb_{i}" for i in range(args.n_feedback)]
     path = tmp_path / "window.pt"
-    meta = export_model(model, args, path, _meta(features={**FEATURES, "feedback": names}))
-    x = list(_window(args))
+    meta = export_model(model, args, path, export_meta(features={**FEATURES, "feedback": names}))
+    x = list(window(args))
     x[5][:, 6::6] = (x[5][:, 6::6] > 0).float()  # seen flags: some slots filled, some empty
     return model, path, meta, x
 
@@ -89,10 +69,10 @@ def test_scripted_model_reading_the_latest_buckets_equals_eager(tmp_path):
     args = ModelArgs(n_static=1, recent=14)
     torch.manual_seed(0)
     model = MQCNN(args).eval()
-    meta = export_model(model, args, tmp_path / "recent.pt", _meta())
+    meta = export_model(model, args, tmp_path / "recent.pt", export_meta())
     assert meta["model_args"]["recent"] == 14
     scripted, _ = load_model(tmp_path / "recent.pt")
-    x = _window(args)
+    x = window(args)
     with torch.no_grad():
         torch.testing.assert_close(scripted(*x), model(*x), rtol=0, atol=0)
 
@@ -101,7 +81,7 @@ def test_scripted_model_runs_on_cpu_after_a_round_trip(exported):
     _, args, path, _ = exported
     scripted, _ = load_model(path, "cpu")
     with torch.inference_mode():
-        out = scripted(*_window(args, b=3))
+        out = scripted(*window(args, b=3))
     assert out.device.type == "cpu" and out.shape == (3, args.horizons, len(args.quantiles))
 
 
@@ -109,7 +89,7 @@ def test_scripted_model_runs_on_cpu_after_a_round_trip(exported):
 def test_scripted_model_runs_on_cuda(exported, exported_with_window):
     model, args, path, _ = exported
     window_model, window_path, _, window_x = exported_with_window
-    for eager, artefact, x in ((model, path, _window(args)), (window_model, window_path, window_x)):
+    for eager, artefact, x in ((model, path, window(args)), (window_model, window_path, window_x)):
         scripted, _ = load_model(artefact, "cuda")
         with torch.no_grad():
             out = scripted(*(t.cuda() for t in x))
@@ -123,7 +103,7 @@ def test_scripted_model_runs_on_cuda_in_reduced_precision(exported, dtype):
     model, args, path, _ = exported
     scripted, _ = load_model(path, "cuda")
     scripted.to(dtype)
-    x = _window(args, b=64)
+    x = window(args, b=64)
     with torch.no_grad():
         out = scripted(*(t.cuda() for t in x))
         reference = model(*x)
@@ -148,9 +128,9 @@ def test_version_names_the_weights(tmp_path):
     args = ModelArgs(n_static=1)
     torch.manual_seed(0)
     a, b = MQCNN(args), MQCNN(args)
-    va = export_model(a, args, tmp_path / "a.pt", _meta())["version"]
-    vb = export_model(b, args, tmp_path / "b.pt", _meta())["version"]
-    va2 = export_model(a, args, tmp_path / "a2.pt", _meta())["version"]
+    va = export_model(a, args, tmp_path / "a.pt", export_meta())["version"]
+    vb = export_model(b, args, tmp_path / "b.pt", export_meta())["version"]
+    va2 = export_model(a, args, tmp_path / "a2.pt", export_meta())["version"]
     assert va.split("-")[-1] == va2.split("-")[-1] != vb.split("-")[-1]
 
 
@@ -161,9 +141,9 @@ def test_export_refuses_metadata_that_does_not_describe_the_network(tmp_path):
         export_model(model, args, tmp_path / "m.pt", {"features": FEATURES, "static_columns": ["store"]})
     short = {**FEATURES, "feedback": FEEDBACK[:-1]}
     with pytest.raises(ValueError, match="feedback features"):
-        export_model(model, args, tmp_path / "m.pt", _meta(features=short))
+        export_model(model, args, tmp_path / "m.pt", export_meta(features=short))
     with pytest.raises(ValueError, match="static columns"):
-        export_model(model, args, tmp_path / "m.pt", _meta(static_columns=[]))
+        export_model(model, args, tmp_path / "m.pt", export_meta(static_columns=[]))
     assert not (tmp_path / "m.pt").exists()
 
 
