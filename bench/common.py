@@ -58,9 +58,12 @@ def table(rows: list[tuple[str, str]], title: str) -> str:
     return "\n".join(lines)
 
 
-def default_model(tmp: Path, feedback_window: int | None = None, ensemble: int = 1) -> Path:
+def default_model(
+    tmp: Path, feedback_window: int | None = None, ensemble: int = 1, window_member: int = 0
+) -> Path:
     """An untrained default daily model exported like a trained one (speed does not depend on weights);
-    ``feedback_window`` overrides the default's, ``ensemble`` makes it an ensemble of that many networks."""
+    ``feedback_window`` overrides the default's, ``ensemble`` makes it an ensemble of that many
+    networks, ``window_member`` adds a feed-forward window member of that width."""
     import dataclasses
 
     from model.export import export_model
@@ -71,7 +74,7 @@ def default_model(tmp: Path, feedback_window: int | None = None, ensemble: int =
     args = default_args_for("D")
     if feedback_window is not None:
         args = dataclasses.replace(args, feedback_window=feedback_window)
-    args = dataclasses.replace(args, ensemble=ensemble)
+    args = dataclasses.replace(args, ensemble=ensemble, window_member=window_member)
     path = tmp / "bench-model.pt"
     meta = {
         "freq": "D",

@@ -29,7 +29,7 @@ from model.export import feedback_window_of
 from state.config import StateConfig
 from state.partition import ClosedBucket, PartitionState
 from stream.batcher import ForecastRequest, chunks, cut_at_batches
-from stream.config import positive_int
+from stream.config import non_negative_int, positive_int
 from stream.inference import Predictor
 from stream.inputs import StaticTable, inputs_for
 from stream.pipeline import forecast_pipelined
@@ -182,9 +182,10 @@ def run(
     precisions: tuple[str, ...] = ("fp32",),
     min_s: float = 2.0,
     ensemble: int = 1,
+    window_member: int = 0,
 ) -> list[tuple[str, str]]:
     with tempfile.TemporaryDirectory() as tmp:
-        path = default_model(Path(tmp), feedback_window, ensemble)
+        path = default_model(Path(tmp), feedback_window, ensemble, window_member)
         layouts = {p: _layouts(path, device, p) for p in precisions}
     first = next(iter(layouts[precisions[0]].values()))
     work = Workload(first, n_items)
@@ -193,6 +194,7 @@ def run(
         ("device", str(first.device)),
         ("feedback window", str(work.cfg.feedback_window)),
         ("networks averaged (ensemble)", str(ensemble)),
+        ("feed-forward window member (hidden width, 0: none)", str(window_member)),
         ("items in the closed bucket", f"{n:,}"),
     ]
     tensors = work.tensors(first.device)
@@ -247,9 +249,17 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument(
         "--ensemble", type=positive_int, default=1, help="an ensemble of this many networks (default: 1)"
     )
+    p.add_argument(
+        "--window-member",
+        type=non_negative_int,
+        default=0,
+        help="add a feed-forward window member with hidden layers this wide (default: 0, none)",
+    )
     a = p.parse_args(argv)
     sizes = [int(x) for x in a.batch_sizes.split(",")]
-    rows = run(a.items, sizes, a.device, a.feedback_window, a.precisions, a.seconds, a.ensemble)
+    rows = run(
+        a.items, sizes, a.device, a.feedback_window, a.precisions, a.seconds, a.ensemble, a.window_member
+    )
     print(table(rows, f"Inference ({machine()}, {torch.get_num_threads()} threads)"))
 
 

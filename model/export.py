@@ -202,7 +202,7 @@ def load_checkpoint(path: Path) -> tuple[MQCNN | MQCNNEnsemble, ModelArgs, dict]
         # calibration shift are uncalibrated.
         nets = member_networks(model)
         for k, net in enumerate(nets):
-            prefix = f"members.{k}." if len(nets) > 1 else ""
+            prefix = f"members.{k}." if isinstance(model, MQCNNEnsemble) else ""
             for name in ("past_cov_mask", "future_cov_mask", "quantile_shift"):
                 state.setdefault(prefix + name, getattr(net, name))
         model.load_state_dict(state)

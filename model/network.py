@@ -71,6 +71,10 @@ class ModelArgs:
     # Networks of these arguments, trained from consecutive seeds, whose quantiles are averaged
     # (``MQCNNEnsemble``; 1: a single network). Each member costs a whole training and a forward.
     ensemble: int = 1
+    # Width of the hidden layers of a feed-forward member that reads the window itself
+    # (``WindowMLP``), averaged with the MQ-CNNs as one more member (0: none). It is the backtest's
+    # ffn rung, trained by that rung's recipe; it makes other errors than the convolutions do.
+    window_member: int = 0
     # Derived, never set: (3 + len(quantiles)) * (1 + feedback_window), the width of state.feedback's
     # features. A field so that checkpoints list it, recomputed so that ``dataclasses.replace`` with
     # other quantiles or another window cannot carry a stale width.
@@ -83,6 +87,8 @@ class ModelArgs:
             raise ValueError("feedback_window must be >= 0 and attention_dim >= 1")
         if self.ensemble < 1:
             raise ValueError(f"ensemble must be >= 1 (networks averaged), got {self.ensemble}")
+        if self.window_member < 0:
+            raise ValueError(f"window_member must be >= 0 (0: none), got {self.window_member}")
         self.n_feedback = (3 + len(self.quantiles)) * (1 + self.feedback_window)
         if not self.quantiles or list(self.quantiles) != sorted(set(self.quantiles)):
             raise ValueError(f"quantiles must be strictly increasing, got {self.quantiles}")
@@ -126,6 +132,23 @@ def default_args_for(freq: str) -> ModelArgs:
     if freq == "h":
         return ModelArgs(context_length=168, horizons=24, dilations=(1, 2, 4, 8, 16, 32, 64))
     return ModelArgs(context_length=56, horizons=14, dilations=(1, 2, 4, 8, 16))
+
+
+def rolling_mean(target: Tensor, observed: Tensor, window: int) -> Tensor:
+    """Mean observed demand over the last ``window`` steps up to each step, [B, T]."""
+    # Double precision: differences of long cumulative sums lose digits in float32.
+    t = target.shape[1]
+    qty = torch.cumsum((target * observed).double(), dim=1)
+    cnt = torch.cumsum(observed.double(), dim=1)
+    # Sums up to step s minus sums up to step s - window (zero before the series starts).
+    qty = qty - F.pad(qty, (window, 0))[:, :t]
+    cnt = cnt - F.pad(cnt, (window, 0))[:, :t]
+    return (qty / torch.clamp(cnt, min=1.0)).to(target.dtype)
+
+
+def monotone_quantiles(raw: Tensor) -> Tensor:
+    """Non-crossing quantiles from raw outputs [..., Q]: a free base plus positive increments."""
+    return raw[..., :1] + torch.cumsum(F.pad(F.softplus(raw[..., 1:]), (1, 0)), dim=-1)
 
 
 class CausalConv(nn.Module):
@@ -325,15 +348,7 @@ class MQCNN(nn.Module):
         return out
 
     def _rolling_mean(self, target: Tensor, observed: Tensor, window: int) -> Tensor:
-        """Mean observed demand over the last ``window`` steps up to each step, [B, T]."""
-        # Double precision: differences of long cumulative sums lose digits in float32.
-        t = target.shape[1]
-        qty = torch.cumsum((target * observed).double(), dim=1)
-        cnt = torch.cumsum(observed.double(), dim=1)
-        # Sums up to step s minus sums up to step s - window (zero before the series starts).
-        qty = qty - F.pad(qty, (window, 0))[:, :t]
-        cnt = cnt - F.pad(cnt, (window, 0))[:, :t]
-        return (qty / torch.clamp(cnt, min=1.0)).to(target.dtype)
+        return rolling_mean(target, observed, window)
 
     @torch.jit.export
     def rolling_scale(self, target: Tensor, observed: Tensor) -> Tensor:
@@ -442,7 +457,7 @@ class MQCNN(nn.Module):
         raw = self.local_mlp(torch.cat(local, dim=-1)).float()
         # Non-crossing: a free base plus positive increments. Non-negative: the ReLU after it, which
         # also lets low quantiles be exactly zero, as they are for intermittent demand.
-        q = raw[..., :1] + torch.cumsum(F.pad(F.softplus(raw[..., 1:]), (1, 0)), dim=-1)
+        q = monotone_quantiles(raw)
         if not self.training:
             # The calibration shift applies to what the network forecasts (non-negative, in scale
             # units); the running maximum keeps the quantiles ordered whatever the shifts.
@@ -501,6 +516,121 @@ class MQCNN(nn.Module):
         return self.decode(enc, scale, future_cov, self.embed_static(static), feedback, seasonal)
 
 
+class WindowMLP(nn.Module):
+    """A feed-forward member that reads the window itself rather than an encoding of it.
+
+    Per forecast: the last ``context_length`` buckets of demand over the item's scale (the MQ-CNN's
+    rolling scale) and their observed flags, the log scale, the calendar of every target bucket and
+    the static embeddings, through two hidden layers, to the same non-crossing quantile head as the
+    MQ-CNN's decoder, times the scale. It is the backtest's ffn rung (``model.baselines.FeedForward``
+    trains it); averaged with MQ-CNNs (``MQCNNEnsemble``) it adds a model that errs differently.
+    It takes the MQ-CNN's inputs, so serving needs nothing else; it ignores the past covariates and
+    the feedback.
+    """
+
+    def __init__(
+        self,
+        context_length: int,
+        horizons: int,
+        n_quantiles: int,
+        n_static: int,
+        vocab: int,
+        hidden: int,
+        static_dim: int = 8,
+        n_future_cov: int = len(FUTURE_COVARIATES),
+    ) -> None:
+        super().__init__()
+        self.context_length = context_length
+        self.horizons = horizons
+        self.n_quantiles = n_quantiles
+        self.n_static = n_static
+        self.static_dim = static_dim
+        self.emb = nn.Embedding(max(1, n_static) * vocab, static_dim)
+        self.register_buffer("offset", torch.arange(n_static) * vocab, persistent=False)
+        n_in = 2 * context_length + 1 + horizons * n_future_cov + static_dim * n_static
+        self.net = nn.Sequential(
+            nn.Linear(n_in, hidden),
+            nn.ReLU(),
+            nn.Linear(hidden, hidden),
+            nn.ReLU(),
+            nn.Linear(hidden, horizons * n_quantiles),
+        )
+        # As the MQ-CNN's: cast by ``module.to(dtype)``, read to compute in that dtype.
+        self.register_buffer("compute_dtype", torch.zeros(0), persistent=False)
+
+    @classmethod
+    def from_args(cls, args: ModelArgs) -> WindowMLP:
+        """The member ``args.window_member`` asks for."""
+        return cls(
+            args.context_length,
+            args.horizons,
+            len(args.quantiles),
+            args.n_static,
+            args.static_vocab,
+            args.window_member,
+            args.static_dim,
+            args.n_future_cov,
+        )
+
+    def scaled_quantiles(
+        self, hist: Tensor, obs: Tensor, log_scale: Tensor, cal: Tensor, static: Tensor
+    ) -> Tensor:
+        """Quantiles in units of the scale, [N,H,Q], from the features of N forecasts: the window
+        over the scale and its observed flags [N,L], the log scale [N], the target buckets'
+        calendar [N,H,Cf] and static ids [N,S]. Not clipped at zero in training (as the MQ-CNN's
+        decoder, so that outputs below zero still get a gradient)."""
+        n = hist.shape[0]
+        dtype = self.compute_dtype.dtype
+        parts = [hist, obs, log_scale.unsqueeze(-1), cal.reshape(n, cal.shape[1] * cal.shape[2])]
+        if self.n_static > 0:
+            parts.append(self.emb(static + self.offset).reshape(n, self.n_static * self.static_dim).float())
+        raw = self.net(torch.cat(parts, dim=1).to(dtype)).float()
+        q = monotone_quantiles(raw.reshape(n, self.horizons, self.n_quantiles))
+        return q if self.training else F.relu(q)
+
+    @torch.jit.export
+    def forward_all(
+        self,
+        target: Tensor,
+        observed: Tensor,
+        past_cov: Tensor,
+        future_cov: Tensor,
+        static: Tensor,
+        feedback: Tensor,
+    ) -> Tensor:
+        """Forecasts at every origin, as :meth:`MQCNN.forward_all`: [B,T,H,Q]."""
+        b, t, length = target.shape[0], target.shape[1], self.context_length
+        scale = 1.0 + rolling_mean(target, observed, length)  # [B,T]
+        # The window up to each step, zeros before the series start (as unobserved buckets).
+        hist = F.pad(target * observed, (length - 1, 0)).unfold(1, length, 1) / scale.unsqueeze(-1)
+        obs = F.pad(observed, (length - 1, 0)).unfold(1, length, 1)
+        q = self.scaled_quantiles(
+            hist.reshape(b * t, length),
+            obs.reshape(b * t, length),
+            torch.log(scale).reshape(b * t),
+            future_cov.reshape(b * t, self.horizons, future_cov.shape[3]),
+            static.unsqueeze(1).expand(-1, t, -1).reshape(b * t, static.shape[1]),
+        )
+        return (q * scale.reshape(b * t, 1, 1)).reshape(b, t, self.horizons, self.n_quantiles)
+
+    def forward(
+        self,
+        target: Tensor,
+        observed: Tensor,
+        past_cov: Tensor,
+        future_cov: Tensor,
+        static: Tensor,
+        feedback: Tensor,
+    ) -> Tensor:
+        """Forecast at the last step of a window (serving), as :meth:`MQCNN.forward`: [B,H,Q]."""
+        torch._assert(target.shape[1] == self.context_length, "the window must be context_length long")
+        scale = 1.0 + rolling_mean(target, observed, self.context_length)[:, -1]  # [B]
+        q = self.scaled_quantiles(
+            target * observed / scale.unsqueeze(-1), observed, torch.log(scale), future_cov, static
+        )
+        return q * scale.reshape(-1, 1, 1)
+
+
 class MQCNNEnsemble(nn.Module):
     """Several MQ-CNNs of the same arguments, trained from different seeds, forecasting the mean of
     their quantiles (each member's are non-negative and ordered, so their mean's are too).
@@ -510,9 +640,12 @@ class MQCNNEnsemble(nn.Module):
     run and about 1.5% better in two seeds of three (README, "Ensembles"). The inputs and outputs
     are a single network's, so everything that serves an :class:`MQCNN` serves an ensemble; each
     member costs a whole training and a forward, hence two only for weekly data by default.
+
+    A :class:`WindowMLP` can be a member too (``ModelArgs.window_member``): it takes the same
+    inputs and counts as one member in the mean.
     """
 
-    def __init__(self, members: list[MQCNN]) -> None:
+    def __init__(self, members: list[nn.Module]) -> None:
         super().__init__()
         if not members:
             raise ValueError("an ensemble needs at least one member")
@@ -561,17 +694,28 @@ class MQCNNEnsemble(nn.Module):
 
 
 def build_network(args: ModelArgs) -> MQCNN | MQCNNEnsemble:
-    """A fresh network for ``args``: an :class:`MQCNN`, or an ensemble of ``args.ensemble`` of them."""
-    if args.ensemble == 1:
+    """A fresh network for ``args``: an :class:`MQCNN`, or an ensemble of ``args.ensemble`` of them
+    (and a :class:`WindowMLP` last, with ``args.window_member``)."""
+    if args.ensemble == 1 and not args.window_member:
         return MQCNN(args)
-    return MQCNNEnsemble([MQCNN(args) for _ in range(args.ensemble)])
+    members: list[nn.Module] = [MQCNN(args) for _ in range(args.ensemble)]
+    if args.window_member:
+        members.append(WindowMLP.from_args(args))
+    return MQCNNEnsemble(members)
 
 
 def member_networks(model: MQCNN | MQCNNEnsemble) -> list[MQCNN]:
-    """The single networks of ``model``: itself, or an ensemble's members."""
+    """The MQ-CNNs of ``model``: itself, or an ensemble's MQ-CNN members."""
     if isinstance(model, MQCNNEnsemble):
         return [m for m in model.members if isinstance(m, MQCNN)]
     return [model]
+
+
+def window_members(model: nn.Module) -> list[WindowMLP]:
+    """The :class:`WindowMLP` members of an ensemble (none for a single MQ-CNN)."""
+    if isinstance(model, MQCNNEnsemble):
+        return [m for m in model.members if isinstance(m, WindowMLP)]
+    return []
 
 
 def input_spec(args: ModelArgs) -> dict[str, tuple[tuple[str, ...], str]]:

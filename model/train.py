@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
 import math
 import time
 from collections.abc import Callable
@@ -30,7 +31,15 @@ from model.dataset import TrainingTensors, build_tensors
 from model.history import History
 from model.loss import pinball_loss
 from model.metrics import coverage, pinball, volatility, weighted_quantile_loss
-from model.network import MQCNN, ModelArgs, MQCNNEnsemble, member_networks, n_parameters
+from model.network import (
+    MQCNN,
+    ModelArgs,
+    MQCNNEnsemble,
+    WindowMLP,
+    member_networks,
+    n_parameters,
+    window_members,
+)
 
 #: ``(forecasts [N,T,H,Q] with NaN before each item's first observation, qty [N,T], observed [N,T])
 #: -> feedback features float32 [N,T,F]``.
@@ -128,7 +137,7 @@ def _tensors(
 
 @torch.no_grad()
 def forecast_all(
-    model: MQCNN | MQCNNEnsemble,
+    model: MQCNN | MQCNNEnsemble | WindowMLP,
     tt: TrainingTensors,
     fb: np.ndarray,
     device: torch.device | str = "cpu",
@@ -143,8 +152,8 @@ def forecast_all(
     ensemble's forecasts are its members' mean, as its ``forward`` computes them.
     """
     if isinstance(model, MQCNNEnsemble):
-        nets = member_networks(model)
-        return sum(forecast_all(m, tt, fb, device, batch, since) for m in nets) / len(nets)
+        members = list(model.members)
+        return sum(forecast_all(m, tt, fb, device, batch, since) for m in members) / len(members)
     model.eval()
     device = torch.device(device)
     start = max(0, since - model.context_length + 1)
@@ -152,7 +161,12 @@ def forecast_all(
     skip = since - start  # columns read for the encoder's sake only: not decoded
     for lo in range(0, tt.n_items, batch):
         rows = np.arange(lo, min(lo + batch, tt.n_items))
-        target, observed, past_cov, future_cov, static, feedback = _tensors(tt, rows, fb, start, device)
+        inputs = _tensors(tt, rows, fb, start, device)
+        if isinstance(model, WindowMLP):
+            pred = model.forward_all(*inputs)[:, skip:]
+            out[rows] = pred.float().cpu().numpy()
+            continue
+        target, observed, past_cov, future_cov, static, feedback = inputs
         # forward_all at the origins from ``since`` on, without decoding the columns before them.
         enc = model.encode(target, observed, past_cov)[:, skip:]
         scale = model.rolling_scale(target, observed)[:, skip:]
@@ -372,6 +386,40 @@ def _evaluate(
     return result
 
 
+def _train_window_member(
+    history: History, args: ModelArgs, cfg: TrainConfig, progress: bool
+) -> tuple[WindowMLP, dict[str, float]]:
+    """Train the :class:`WindowMLP` member by the ffn rung's recipe; returns it (in eval mode, on
+    the CPU) and that rung's report (steps, held-out wQL, seconds)."""
+    from model.baselines import FeedForward, ForecastSpec  # the rungs import this module
+
+    spec = ForecastSpec(
+        horizons=args.horizons,
+        quantiles=args.quantiles,
+        context_length=args.context_length,
+        seed=cfg.seed + args.ensemble,
+        max_seconds=cfg.max_minutes * 60.0,
+    )
+    # The network's static columns are the history's first n_static (build_tensors).
+    head = dataclasses.replace(history, static=dict(list(history.static.items())[: args.n_static]))
+    rung = FeedForward(
+        spec,
+        hidden=args.window_member,
+        vocab=args.static_vocab,
+        static_dim=args.static_dim,
+        progress=progress,
+    )
+    # Its own seed, and torch's random state as it found it: the MQ-CNNs then train exactly as
+    # they would without it.
+    rng_state = torch.get_rng_state()
+    try:
+        rung.fit(head, head.n_buckets)
+    finally:
+        torch.set_rng_state(rng_state)
+    assert rung.net is not None
+    return rung.net.eval(), dict(rung.info)
+
+
 @dataclass
 class _Member:
     """One network in training and what it owns: optimiser, weight average, shuffling, best weights.
@@ -411,6 +459,13 @@ def train(
     whole ``max_minutes``, so an ensemble of K networks takes that many times as long. Each feedback stage
     builds its features from the mean of all members' forecasts, which is what the service serves
     and its ledger scores; each member keeps its own best weights and calibrates its own interval.
+
+    With ``args.window_member`` a :class:`WindowMLP` joins the ensemble. It trains first, by the
+    backtest's ffn recipe (``model.baselines.FeedForward``: random windows, its own held-out last
+    buckets, the same ``max_minutes``, seed ``seed + ensemble``), and then stays fixed: the MQ-CNNs'
+    feedback stages and the validation scores see the whole ensemble's mean, as served. It takes
+    the covariates as they are (no day-of-year masking) and no calibration shift. A ``model``
+    given to continue keeps its window member as it is.
     """
     t_start = time.monotonic()
     torch.manual_seed(cfg.seed)
@@ -422,6 +477,7 @@ def train(
     v = min(v, max(1, tt.n_steps // 4))
     train_cells, val_cells = _split_cells(tt, v)
     fresh = model is None
+    window_info: dict[str, float] = {}
     # ``final`` is what is returned and what the feedback stages forecast with: the members' mean.
     final: MQCNN | MQCNNEnsemble
     if model is not None:
@@ -430,12 +486,18 @@ def train(
             raise ValueError(
                 f"the model has {len(nets)} member network(s), the arguments say {args.ensemble}"
             )
+        if len(window_members(model)) != (1 if args.window_member else 0):
+            raise ValueError("the model's window member does not match the arguments' window_member")
     else:
         nets = []
         for k in range(args.ensemble):
             torch.manual_seed(cfg.seed + k)
             nets.append(MQCNN(args))
-        final = nets[0] if len(nets) == 1 else MQCNNEnsemble(nets)
+        extra: list[torch.nn.Module] = []
+        if args.window_member:
+            window, window_info = _train_window_member(history, args, cfg, progress)
+            extra.append(window)
+        final = nets[0] if len(nets) == 1 and not extra else MQCNNEnsemble([*nets, *extra])
     drop_day_of_year = cfg.day_of_year == "off" or (
         cfg.day_of_year == "auto" and fresh and not covers_a_year(history)
     )
@@ -452,6 +514,7 @@ def train(
                 rng=np.random.default_rng(cfg.seed + k),
             )
         )
+    final.to(device)  # the window member too (trained on the CPU, or continued from a checkpoint)
     objective = _Objective(tt, train_cells, args, cfg.loss_weighting, device)
     fb = np.zeros((tt.n_items, tt.n_steps, args.n_feedback), dtype=np.float32)
 
@@ -468,7 +531,8 @@ def train(
     log: list[dict] = []
     gap: dict[str, float] = {}
     bar = tqdm(total=total_steps * len(members), disable=not progress, desc="train", unit="step")
-    setup_s = time.monotonic() - t_start
+    # The window member trained with a budget of its own; the MQ-CNNs' clocks leave it out.
+    setup_s = time.monotonic() - t_start - window_info.get("seconds", 0.0)
     for m in members:
         m.elapsed = setup_s
     for stage, epochs, stage_budget in plan:
@@ -545,7 +609,7 @@ def train(
     for m in members:
         m.model.load_state_dict(m.best["state"])
         m.model.eval()
-    if len(members) == 1:
+    if final is members[0].model:
         chosen = members[0].best["entry"]  # scored when it was kept
     else:
         chosen = {
@@ -560,7 +624,7 @@ def train(
         shifts = [_calibrate(m.model, tt, fb, val_cells, args.quantiles, device) for m in members]
         scores = _evaluate(final, tt, fb, val_cells, objective, device)
         calibration = {
-            "shifts": shifts[0] if len(members) == 1 else shifts,
+            "shifts": shifts[0] if final is members[0].model else shifts,
             "val_wql_before": chosen["val_wql"],
             "val_wql_after": scores["wql"],
             "val_coverage_before": chosen["val_coverage"],
@@ -590,6 +654,8 @@ def train(
         "config": asdict(cfg),
         "log": log,
     }
+    if window_info:
+        report["window_member"] = {"seed": cfg.seed + args.ensemble, **window_info}
     if len(members) > 1:
         report["members"] = [
             {

@@ -96,6 +96,14 @@ def add_backtest_arguments(parser: argparse.ArgumentParser) -> None:
         help="the MQ-CNN rungs train this many networks from consecutive seeds and forecast the mean "
         "of their quantiles, each with the whole fit budget (default: 2 for weekly data, else 1)",
     )
+    parser.add_argument(
+        "--window-member",
+        type=non_negative_int,
+        default=None,
+        help="the MQ-CNN rungs average one more member into their ensemble: a feed-forward net over "
+        "the window (the ffn rung's) with hidden layers this wide (0: none; default: the model's for "
+        "the data's bucket)",
+    )
     parser.add_argument("--no-plots", action="store_true", help="tables only")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
 
@@ -132,6 +140,7 @@ def run_backtest_command(args: argparse.Namespace, feedback_replay: FeedbackRepl
             recent=args.recent,
             ema_decay=args.ema_decay,
             ensemble=args.ensemble,
+            window_member=args.window_member,
             leak_check=args.leak_check,
             threads=args.threads,
         )

@@ -222,6 +222,14 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
         "(default: 2 for weekly data, else 1; each one takes the whole --max-minutes and a forward "
         "per forecast)",
     )
+    p.add_argument(
+        "--window-member",
+        type=non_negative_int,
+        default=None,
+        help="average one more member into the ensemble: a feed-forward net over the window with "
+        "hidden layers this wide, trained first by the backtest's ffn recipe within --max-minutes "
+        "(0: none; default: the model's for the data's bucket)",
+    )
     p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
     p.add_argument(
         "--calibrate",

@@ -50,6 +50,7 @@ def train_artifact(
     recent: int | None = None,
     ema_decay: float | None = None,
     ensemble: int | None = None,
+    window_member: int | None = None,
     seed: int = 0,
     calibrate: bool = True,
     threads: int | None = None,
@@ -76,6 +77,8 @@ def train_artifact(
         overrides["recent"] = recent
     if ensemble is not None:
         overrides["ensemble"] = ensemble
+    if window_member is not None:
+        overrides["window_member"] = window_member
     args = dataclasses.replace(args, **overrides)
 
     cfg = TrainConfig()
@@ -149,6 +152,7 @@ def run_train(args: argparse.Namespace) -> int:
         recent=args.recent,
         ema_decay=args.ema_decay,
         ensemble=args.ensemble,
+        window_member=args.window_member,
         seed=args.seed,
         calibrate=args.calibrate,
         threads=args.threads,

@@ -17,12 +17,12 @@ from model.baselines import (
     QuantileForest,
     SeasonalNaive,
     _invert_cdf,
-    _MLPQuantiles,
     make_forecaster,
     masked_quantiles,
     rolling_scale,
 )
 from model.history import History
+from model.network import WindowMLP
 
 torch.set_num_threads(1)
 
@@ -181,14 +181,14 @@ def test_per_item_rungs_refuse_other_items(history):
 
 def test_feed_forward_quantiles_below_zero_are_zero_served_but_trained_on():
     torch.manual_seed(0)
-    net = _MLPQuantiles(context=8, horizons=3, n_quantiles=3, n_static=0, vocab=4, hidden=16)
+    net = WindowMLP(context_length=8, horizons=3, n_quantiles=3, n_static=0, vocab=4, hidden=16)
     with torch.no_grad():
         net.net[-1].bias -= 50.0
     x = (torch.rand(5, 8), torch.ones(5, 8), torch.zeros(5), torch.zeros(5, 3, 6), torch.zeros(5, 0))
     net.eval()
-    assert torch.all(net(*x) == 0)
+    assert torch.all(net.scaled_quantiles(*x) == 0)
     net.train()
-    out = net(*x)
+    out = net.scaled_quantiles(*x)
     assert torch.all(out < 0)
     (-out).sum().backward()  # a loss that wants them higher reaches the weights
     assert net.net[-1].bias.grad is not None and torch.all(net.net[-1].bias.grad[::3] != 0)
