@@ -106,7 +106,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 def cmd_replay(args: argparse.Namespace) -> int:
     from kafka import KafkaProducer
 
-    from stream.replay import load_events, replay
+    from stream.replay import load_events, replay, send_attributes
 
     events = load_events(args.file)
     if args.limit:
@@ -114,6 +114,10 @@ def cmd_replay(args: argparse.Namespace) -> int:
     producer = KafkaProducer(bootstrap_servers=args.bootstrap, linger_ms=20, batch_size=512 * 1024, acks=1)
     stop = _stop_on_signals()
     try:
+        if events.attributes and args.items_topic:
+            # First, so that a service started now knows every item's store, category, ...
+            n = send_attributes(producer, args.items_topic, events.attributes)
+            print(f"sent the attributes of {n} items to {args.items_topic}")
         sent = replay(
             events,
             producer,
@@ -131,7 +135,13 @@ def cmd_replay(args: argparse.Namespace) -> int:
 def cmd_topics(args: argparse.Namespace) -> int:
     from stream.topics import ensure_topics, service_topics
 
-    specs = service_topics(args.sales_topic, args.forecast_topic, args.dead_letter_topic, args.partitions)
+    specs = service_topics(
+        args.sales_topic,
+        args.forecast_topic,
+        args.dead_letter_topic,
+        args.partitions,
+        args.items_topic or None,
+    )
     created = ensure_topics(args.bootstrap, specs)
     print("created: " + (", ".join(created) if created else "nothing (all topics exist)"))
     return 0
@@ -322,18 +332,29 @@ def build_parser() -> argparse.ArgumentParser:
         help="event-time speed-up factor, e.g. 86400 = one day per second (default: 0, as fast as possible)",
     )
     p.add_argument("--limit", type=positive_int, default=None, help="send only the first N events")
+    add_env_argument(
+        p,
+        "--items-topic",
+        "ITEMS_TOPIC",
+        default="items",
+        help="where a history file's static columns go, one record per item, before the events "
+        "('' sends none)",
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_replay)
 
     p = sub.add_parser(
         "topics",
         help="create the service's topics",
-        description="Create the sales, forecast and dead-letter topics if they are missing.",
+        description="Create the sales, forecast, dead-letter and (compacted) items topics where missing.",
     )
     add_kafka_arguments(p)
     add_env_argument(p, "--forecast-topic", "FORECAST_TOPIC", default="forecasts", help="output topic")
     add_env_argument(
         p, "--dead-letter-topic", "DEAD_LETTER_TOPIC", default="sales.dlq", help="dead-letter topic"
+    )
+    add_env_argument(
+        p, "--items-topic", "ITEMS_TOPIC", default="items", help="item attributes (compacted; '' for none)"
     )
     add_env_argument(
         p, "--partitions", "PARTITIONS", type=positive_int, default=4, help="partitions per topic"

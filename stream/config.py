@@ -161,6 +161,8 @@ class KafkaConfig:
     sales_topic: str = "sales"
     forecast_topic: str = "forecasts"
     dead_letter_topic: str = "sales.dlq"
+    #: Item attributes (compacted; DESIGN.md), read only for a model with static columns; "": none.
+    items_topic: str = "items"
     group_id: str = "mqcast"
     client_id: str = "mqcast"
     max_poll_records: int = 2000
@@ -292,6 +294,14 @@ def add_service_arguments(parser: argparse.ArgumentParser) -> None:
         "DEAD_LETTER_TOPIC",
         default=KafkaConfig.dead_letter_topic,
         help="dead-letter topic",
+    )
+    add_env_argument(
+        g,
+        "--items-topic",
+        "ITEMS_TOPIC",
+        default=KafkaConfig.items_topic,
+        help="compacted topic of item attributes (store, category, ...), read only when the model has "
+        "static columns; '' serves such a model without them (every item as unknown)",
     )
     add_env_argument(g, "--group-id", "GROUP_ID", default=KafkaConfig.group_id, help="consumer group")
     add_env_argument(g, "--client-id", "CLIENT_ID", default=KafkaConfig.client_id, help="client id prefix")
@@ -509,6 +519,7 @@ def service_config_from_args(args: argparse.Namespace) -> ServiceConfig:
         sales_topic=args.sales_topic,
         forecast_topic=args.forecast_topic,
         dead_letter_topic=args.dead_letter_topic,
+        items_topic=args.items_topic,
         group_id=args.group_id,
         client_id=args.client_id,
         max_poll_records=args.max_poll_records,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from itertools import repeat
 
 import numpy as np
 
@@ -38,27 +39,49 @@ _FIELDS = ("target", "observed", "past_cov", "future_cov", "static", "feedback")
 
 
 class StaticTable:
-    """Static attributes (store, category, ...) of items, hashed as the trainer hashes them."""
+    """Static attributes (store, category, ...) of items, hashed as the trainer hashes them.
+
+    The ids live in one table, a row per item, so that a batch looks up its items with one dict
+    lookup each and one gather, not a numpy row copy per item (that was 0.56 µs per item).
+    """
 
     def __init__(self, columns: tuple[str, ...], vocab_size: int) -> None:
         self.columns = columns
         self.vocab_size = vocab_size
-        self._ids: dict[str, np.ndarray] = {}
+        self._row: dict[str, int] = {}
+        # Row 0 is every unknown item: all ids 0, the hash of "unknown".
+        self._table = np.zeros((1024, len(columns)), dtype=np.int64)
+        self._used = 1
+
+    def __len__(self) -> int:
+        """Items with attributes."""
+        return len(self._row)
 
     def update(self, item_id: str, attributes: dict[str, object]) -> None:
-        """Set an item's attributes; missing columns hash to 'unknown' (0)."""
-        values = np.array([str(attributes.get(c, "") or "") for c in self.columns])
-        self._ids[item_id] = static_ids(values, self.vocab_size)
+        """Set an item's attributes; missing (or null) columns hash to 'unknown' (0). A value is
+        hashed as its text, as the history file's column was in training (``3`` and ``"3"`` alike)."""
+        values = np.array(["" if attributes.get(c) is None else str(attributes.get(c)) for c in self.columns])
+        row = self._row.get(item_id)
+        if row is None:
+            row = self._used
+            if row == self._table.shape[0]:
+                self._table = np.concatenate([self._table, np.zeros_like(self._table)])
+            self._row[item_id] = row
+            self._used += 1
+        self._table[row] = static_ids(values, self.vocab_size)
+
+    def forget(self, item_id: str) -> None:
+        """Drop an item's attributes (a tombstone on the items topic): it is unknown again."""
+        row = self._row.pop(item_id, None)
+        if row is not None:
+            self._table[row] = 0  # left unused: rows never move, so lookups stay one gather
 
     def ids_for(self, item_ids: np.ndarray) -> np.ndarray:
         """int64 [n, S] ids, zeros for items without attributes (cold start by the pooled model)."""
-        out = np.zeros((len(item_ids), len(self.columns)), dtype=np.int64)
-        if self.columns and self._ids:
-            for i, item in enumerate(item_ids):
-                ids = self._ids.get(item)
-                if ids is not None:
-                    out[i] = ids
-        return out
+        if not self.columns or not self._row:
+            return np.zeros((len(item_ids), len(self.columns)), dtype=np.int64)
+        rows = np.fromiter(map(self._row.get, item_ids, repeat(0)), dtype=np.int64, count=len(item_ids))
+        return self._table[rows]
 
 
 def inputs_for(closed: ClosedBucket, freq: str, horizons: int, statics: StaticTable) -> ModelInputs:

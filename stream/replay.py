@@ -43,6 +43,8 @@ class EventColumns:
     qty: np.ndarray  # float64 [n]
     price: np.ndarray  # float64 [n], NaN when absent
     event_ids: np.ndarray | None = None  # object [n]
+    #: A history file's static columns, item id -> {column: value}, for the items topic.
+    attributes: dict[str, dict[str, str]] | None = None
 
     def __len__(self) -> int:
         return int(self.event_ms.shape[0])
@@ -55,6 +57,7 @@ class EventColumns:
             self.qty[start:stop],
             self.price[start:stop],
             ids,
+            self.attributes,
         )
 
 
@@ -141,6 +144,11 @@ def _from_history(path: Path) -> EventColumns:
         starts[col],
         hist.qty[item_idx, col].astype(np.float64),
         hist.price[item_idx, col].astype(np.float64),
+        attributes={
+            str(item): {c: str(v[i]) for c, v in hist.static.items()} for i, item in enumerate(hist.item_ids)
+        }
+        if hist.static
+        else None,
     )
 
 
@@ -152,6 +160,21 @@ def encode_event(item: str, ms: int, qty: float, price: float, event_id: str | N
     if event_id:
         event["event_id"] = event_id
     return orjson.dumps(event)
+
+
+def send_attributes(producer: KafkaProducer, topic: str, attributes: dict[str, dict[str, str]]) -> int:
+    """Send each item's attributes to the (compacted) items topic, keyed by item id, and wait for
+    the acknowledgements; returns how many were sent."""
+    items = list(attributes)
+    keys = [item.encode("utf-8") for item in items]
+    values = [orjson.dumps(attributes[item]) for item in items]
+    pending: list[FutureProduceResult] = []
+    for appended in send_keyed(producer, topic, keys, values):
+        pending.extend(appended.batches)
+    producer.flush()
+    if unacknowledged(pending):
+        raise PublishError(f"the producer gave up before the broker acknowledged every item of {topic!r}")
+    return len(items)
 
 
 def replay(

@@ -40,6 +40,7 @@ from stream.errors import ModelMismatchError, MqcastError, OffsetOrderError
 from stream.health import Health
 from stream.inference import Predictor
 from stream.inputs import StaticTable, concat_inputs, inputs_for
+from stream.items import ItemAttributes
 from stream.metrics import ServiceMetrics
 from stream.observer import ServiceObserver
 from stream.pipeline import forecast_pipelined
@@ -252,6 +253,23 @@ class ForecastService:
                     f"output topic {topic!r} has no metadata on {k.bootstrap}: does it exist? "
                     "(`mqcast topics` creates the service's topics)"
                 ) from exc
+        self.items: ItemAttributes | None = None
+        if self.statics.columns and k.items_topic:
+            try:
+                self.items = ItemAttributes(
+                    k.bootstrap, k.items_topic, self.statics, self._reject_item, k.client_id
+                )
+            except MqcastError:
+                producer.close(timeout=0)
+                self.consumer.close(autocommit=False)
+                raise
+            # Before the first forecast, so that it has every item's attributes the topic holds.
+            self.items.catch_up()
+        elif self.statics.columns:
+            log.warning(
+                "the model has static columns %s but no items topic is set: every item is served as unknown",
+                list(self.statics.columns),
+            )
         predictor.warm_up(min(cfg.batcher.max_batch, 1024))
         if self.exactly_once:
             producer.init_transactions()
@@ -282,6 +300,8 @@ class ForecastService:
         if wait is not None:
             timeout_ms = min(timeout_ms, int(wait * 1000))
         records = self.consumer.poll(timeout_ms=timeout_ms, max_records=self.cfg.kafka.max_poll_records)
+        if self.items is not None:
+            self.items.poll()  # without waiting: new and changed items, between sales polls
         n = 0
         for tp, recs in records.items():
             if recs:
@@ -365,6 +385,14 @@ class ForecastService:
             self.metrics.events_late.inc(n_late)
         self._close_ready(tp.partition, state, publish=not replaying)
         self.positions[tp] = recs[-1].offset + 1
+
+    def _reject_item(
+        self, value: bytes | None, key: bytes | None, reason: str, topic: str, partition: int, offset: int
+    ) -> None:
+        # Not committed anywhere (every start reads the whole items topic), so a bad record there
+        # goes to the dead letters again at each start.
+        self.publisher.dead_letter(value, key, reason, topic, partition, offset)
+        self.metrics.dead_letters.labels(reason="bad_item_attributes").inc()
 
     def _dead_letter(self, tp: TopicPartition, rec, reason: str, kind: str) -> None:
         self.publisher.dead_letter(rec.value, rec.key, reason, tp.topic, tp.partition, rec.offset)
@@ -715,5 +743,7 @@ class ForecastService:
                 self.commit(checkpoint=True)
         finally:
             self.consumer.close(autocommit=False)
+            if self.items is not None:
+                self.items.close()
             self.publisher.producer.close(timeout=10)
             self.predictor.close()
