@@ -59,11 +59,16 @@ def table(rows: list[tuple[str, str]], title: str) -> str:
 
 
 def default_model(
-    tmp: Path, feedback_window: int | None = None, ensemble: int = 1, window_member: int = 0
+    tmp: Path,
+    feedback_window: int | None = None,
+    ensemble: int = 1,
+    window_member: int = 0,
+    static_columns: int = 0,
 ) -> Path:
     """An untrained default daily model exported like a trained one (speed does not depend on weights);
     ``feedback_window`` overrides the default's, ``ensemble`` makes it an ensemble of that many
-    networks, ``window_member`` adds a feed-forward window member of that width."""
+    networks, ``window_member`` adds a feed-forward window member of that width, ``static_columns``
+    gives it that many static columns (``static_0``, ...)."""
     import dataclasses
 
     from model.export import export_model
@@ -74,7 +79,7 @@ def default_model(
     args = default_args_for("D")
     if feedback_window is not None:
         args = dataclasses.replace(args, feedback_window=feedback_window)
-    args = dataclasses.replace(args, ensemble=ensemble, window_member=window_member)
+    args = dataclasses.replace(args, ensemble=ensemble, window_member=window_member, n_static=static_columns)
     path = tmp / "bench-model.pt"
     meta = {
         "freq": "D",
@@ -83,7 +88,7 @@ def default_model(
             "future": list(FUTURE_COVARIATES),
             "feedback": list(feedback_feature_names(args.quantiles, args.feedback_window)),
         },
-        "static_columns": [],
+        "static_columns": [f"static_{k}" for k in range(static_columns)],
     }
     export_model(build_network(args).eval(), args, path, meta)
     return path

@@ -81,7 +81,10 @@ class Workload:
         )
         self.state, self.closed = _closed_bucket(n_items, self.cfg)
         self.rows = self.closed.rows.size
-        self.statics = StaticTable((), 1024)
+        # Every item with attributes, as the service has them from the items topic.
+        self.statics = StaticTable(tuple(meta.get("static_columns", ())), 1024)
+        for i, item in enumerate(self.closed.item_ids):
+            self.statics.update(item, {c: (i * (k + 7)) % 50 for k, c in enumerate(self.statics.columns)})
         self.fmt = ForecastFormat("D", predictor.version, self.cfg.quantiles, self.cfg.horizons)
 
     def tensors(self, device: torch.device) -> list[torch.Tensor]:
@@ -183,9 +186,10 @@ def run(
     min_s: float = 2.0,
     ensemble: int = 1,
     window_member: int = 0,
+    static_columns: int = 0,
 ) -> list[tuple[str, str]]:
     with tempfile.TemporaryDirectory() as tmp:
-        path = default_model(Path(tmp), feedback_window, ensemble, window_member)
+        path = default_model(Path(tmp), feedback_window, ensemble, window_member, static_columns)
         layouts = {p: _layouts(path, device, p) for p in precisions}
     first = next(iter(layouts[precisions[0]].values()))
     work = Workload(first, n_items)
@@ -195,6 +199,7 @@ def run(
         ("feedback window", str(work.cfg.feedback_window)),
         ("networks averaged (ensemble)", str(ensemble)),
         ("feed-forward window member (hidden width, 0: none)", str(window_member)),
+        ("static columns (every item has attributes)", str(static_columns)),
         ("items in the closed bucket", f"{n:,}"),
     ]
     tensors = work.tensors(first.device)
@@ -255,10 +260,24 @@ def main(argv: list[str] | None = None) -> None:
         default=0,
         help="add a feed-forward window member with hidden layers this wide (default: 0, none)",
     )
+    p.add_argument(
+        "--static-columns",
+        type=non_negative_int,
+        default=0,
+        help="static columns of the model (store, category, ...), every item with attributes (default: 0)",
+    )
     a = p.parse_args(argv)
     sizes = [int(x) for x in a.batch_sizes.split(",")]
     rows = run(
-        a.items, sizes, a.device, a.feedback_window, a.precisions, a.seconds, a.ensemble, a.window_member
+        a.items,
+        sizes,
+        a.device,
+        a.feedback_window,
+        a.precisions,
+        a.seconds,
+        a.ensemble,
+        a.window_member,
+        a.static_columns,
     )
     print(table(rows, f"Inference ({machine()}, {torch.get_num_threads()} threads)"))
 
