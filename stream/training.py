@@ -167,6 +167,12 @@ def run_train(args: argparse.Namespace) -> int:
             f"validation (the last {report.get('validation_buckets')} buckets): wQL {report['val_wql']:.4f}, "
             f"outer-interval coverage {report['val_coverage']:.3f}"
         )
+    window = report.get("window_member") or {}
+    if window:
+        print(
+            f"feed-forward window member: {int(window['steps'])} steps in {window['seconds']:.0f} s, "
+            f"its own held-out wQL {window['val_wql']:.4f}"
+        )
     calibration = report.get("calibration") or {}
     if calibration:
         print(
