@@ -150,6 +150,12 @@ def rolling_mean(target: Tensor, observed: Tensor, window: int) -> Tensor:
     return (qty / torch.clamp(cnt, min=1.0)).to(target.dtype)
 
 
+def item_scale(target: Tensor, observed: Tensor, window: int) -> Tensor:
+    """An item's scale at each step, [B, T]: 1 + its mean observed demand over the last ``window``
+    steps (``state.feedback.item_scale`` of that window). Every network of an ensemble divides by it."""
+    return 1.0 + rolling_mean(target, observed, window)
+
+
 def monotone_quantiles(raw: Tensor) -> Tensor:
     """Non-crossing quantiles from raw outputs [..., Q]: a free base plus positive increments."""
     return raw[..., :1] + torch.cumsum(F.pad(F.softplus(raw[..., 1:]), (1, 0)), dim=-1)
@@ -351,17 +357,13 @@ class MQCNN(nn.Module):
                 out += [c for c, m in zip(cols, mask.tolist(), strict=True) if m == 0.0 and c not in out]
         return out
 
-    def _rolling_mean(self, target: Tensor, observed: Tensor, window: int) -> Tensor:
-        return rolling_mean(target, observed, window)
-
     @torch.jit.export
     def rolling_scale(self, target: Tensor, observed: Tensor) -> Tensor:
-        """Item scale at each step, [B, T]: 1 + mean observed demand over the last ``context_length``
-        steps (``state.feedback.item_scale`` of that window)."""
-        return 1.0 + self._rolling_mean(target, observed, self.context_length)
+        """Item scale at each step, [B, T] (:func:`item_scale` over ``context_length`` steps)."""
+        return item_scale(target, observed, self.context_length)
 
     def _encoder_input(self, target: Tensor, observed: Tensor, past_cov: Tensor) -> Tensor:
-        level = torch.log1p(self._rolling_mean(target, observed, self.level_window))
+        level = torch.log1p(rolling_mean(target, observed, self.level_window))
         demand = torch.log1p(target.clamp(min=0.0)) * observed
         return torch.cat(
             [
@@ -511,7 +513,7 @@ class MQCNN(nn.Module):
         future_cov [B,H,Cf], static [B,S] int64, feedback [B,F] -> quantiles [B,H,Q]."""
         torch._assert(target.shape[1] == self.context_length, "the window must be context_length long")
         enc = self._encode_last(self._encoder_input(target, observed, past_cov))
-        scale = 1.0 + self._rolling_mean(target, observed, self.context_length)[:, -1]
+        scale = item_scale(target, observed, self.context_length)[:, -1]
         if self.recent > 0:
             k = self.context_length - self.recent
             recent = self._recent(target[:, k:], observed[:, k:], scale.unsqueeze(1).expand(-1, self.recent))
@@ -604,7 +606,7 @@ class WindowMLP(nn.Module):
     ) -> Tensor:
         """Forecasts at every origin, as :meth:`MQCNN.forward_all`: [B,T,H,Q]."""
         b, t, length = target.shape[0], target.shape[1], self.context_length
-        scale = 1.0 + rolling_mean(target, observed, length)  # [B,T]
+        scale = item_scale(target, observed, length)  # [B,T]
         # The window up to each step, zeros before the series start (as unobserved buckets).
         hist = F.pad(target * observed, (length - 1, 0)).unfold(1, length, 1) / scale.unsqueeze(-1)
         obs = F.pad(observed, (length - 1, 0)).unfold(1, length, 1)
@@ -628,7 +630,7 @@ class WindowMLP(nn.Module):
     ) -> Tensor:
         """Forecast at the last step of a window (serving), as :meth:`MQCNN.forward`: [B,H,Q]."""
         torch._assert(target.shape[1] == self.context_length, "the window must be context_length long")
-        scale = 1.0 + rolling_mean(target, observed, self.context_length)[:, -1]  # [B]
+        scale = item_scale(target, observed, self.context_length)[:, -1]  # [B]
         q = self.scaled_quantiles(
             target * observed / scale.unsqueeze(-1), observed, torch.log(scale), future_cov, static
         )

@@ -60,7 +60,7 @@ class StaticTable:
     def update(self, item_id: str, attributes: dict[str, object]) -> None:
         """Set an item's attributes; missing (or null) columns hash to 'unknown' (0). A value is
         hashed as its text, as the history file's column was in training (``3`` and ``"3"`` alike)."""
-        values = np.array(["" if attributes.get(c) is None else str(attributes.get(c)) for c in self.columns])
+        values = np.array(["" if (v := attributes.get(c)) is None else str(v) for c in self.columns])
         row = self._row.get(item_id)
         if row is None:
             row = self._used
