@@ -73,3 +73,13 @@ def topic_factory(bootstrap: str) -> Iterator[Callable[..., str]]:
             admin.delete_topics(made)
         finally:
             admin.close()
+
+
+@pytest.fixture
+def topics(topic_factory: Callable[..., str]) -> dict[str, str]:
+    """A fresh sales, forecasts (two partitions each) and dead-letter topic for one test."""
+    return {
+        "sales": topic_factory(partitions=2),
+        "forecasts": topic_factory(partitions=2),
+        "dlq": topic_factory(),
+    }

@@ -44,13 +44,9 @@ def store_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture
-def topics(topic_factory) -> dict[str, str]:
-    return {
-        "sales": topic_factory(partitions=2),
-        "forecasts": topic_factory(partitions=2),
-        "dlq": topic_factory(),
-        "items": topic_factory(partitions=2, configs={"cleanup.policy": "compact"}),
-    }
+def topics(topics: dict[str, str], topic_factory) -> dict[str, str]:
+    """The service's topics (conftest) and a compacted items topic."""
+    return {**topics, "items": topic_factory(partitions=2, configs={"cleanup.policy": "compact"})}
 
 
 def _service(bootstrap: str, topics: dict[str, str], model: Path, group: str, items: str | None = None):

@@ -43,13 +43,8 @@ def _reload_samples(service: ForecastService, result: str) -> float:
 
 
 def test_new_model_is_swapped_in_between_batches_and_a_bad_one_is_refused(
-    bootstrap, topic_factory, tiny_model, tmp_path
+    bootstrap, topics, tiny_model, tmp_path
 ):
-    topics = {
-        "sales": topic_factory(partitions=2),
-        "forecasts": topic_factory(partitions=2),
-        "dlq": topic_factory(),
-    }
     served = tmp_path / "serving.pt"
     served.write_bytes(tiny_model.read_bytes())
     new_version = _successor(tiny_model, tmp_path / "next.pt")

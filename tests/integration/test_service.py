@@ -104,15 +104,6 @@ def _run_until(service: ForecastService, done: Callable[[], bool], timeout_s: fl
         service.poll_once()
 
 
-@pytest.fixture
-def topics(topic_factory) -> dict[str, str]:
-    return {
-        "sales": topic_factory(partitions=2),
-        "forecasts": topic_factory(partitions=2),
-        "dlq": topic_factory(),
-    }
-
-
 class Capture(ServiceObserver):
     def __init__(self) -> None:
         self.feedback: dict[str, list[tuple[int, np.ndarray]]] = {}

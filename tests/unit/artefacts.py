@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import numpy as np
 import torch
 
+from model.export import export_model, load_checkpoint, load_model, save_checkpoint
 from model.features import FUTURE_COVARIATES, PAST_COVARIATES
 from model.network import ModelArgs
 
@@ -28,3 +32,62 @@ def window(args: ModelArgs, b: int = 5, seed: int = 1) -> tuple[torch.Tensor, ..
         torch.randint(0, args.static_vocab, (b, args.n_static), generator=g),
         torch.randn(b, args.n_feedback, generator=g),
     )
+
+
+#: A small network for the ensemble tests: a week of horizons over four weeks of context.
+SMALL = ModelArgs(
+    context_length=28,
+    horizons=7,
+    dilations=(1, 2, 4, 8),
+    channels=16,
+    global_hidden=32,
+    horizon_context=8,
+    n_static=1,
+)
+
+
+def assert_export_serves_eager(model: torch.nn.Module, args: ModelArgs, path: Path) -> dict:
+    """Export ``model`` to ``path``; its scripted forward must equal the eager one exactly, and in
+    bf16 closely (serving casts every member). Returns the artefact's metadata."""
+    full = export_model(model, args, path, export_meta())
+    scripted, _ = load_model(path)
+    x = window(args, b=6, seed=3)
+    with torch.no_grad():
+        torch.testing.assert_close(scripted(*x), model(*x), rtol=0, atol=0)
+        # Serving in reduced precision casts every member (the service checks for this buffer).
+        assert hasattr(scripted, "compute_dtype")
+        scripted.to(torch.bfloat16)
+        torch.testing.assert_close(scripted(*x), model(*x), rtol=0.05, atol=0.05)
+    return full
+
+
+def assert_checkpoint_rebuilds(model: torch.nn.Module, args: ModelArgs, path: Path) -> torch.nn.Module:
+    """Save ``model`` as a checkpoint at ``path``; the network it rebuilds must forecast exactly as
+    ``model`` does. Returns the rebuilt network."""
+    save_checkpoint(model, args, path)
+    again, again_args, _ = load_checkpoint(path)
+    assert again_args == args
+    x = window(args, b=6, seed=3)
+    with torch.no_grad():
+        torch.testing.assert_close(again.eval()(*x), model(*x), rtol=0, atol=0)
+    return again
+
+
+def assert_exported_runs_on_cuda(model: torch.nn.Module, args: ModelArgs, path: Path) -> None:
+    """Export ``model``; loaded onto CUDA it must forecast what the eager model does on the CPU."""
+    export_model(model, args, path, export_meta())
+    scripted, _ = load_model(path, "cuda")
+    x = window(args, b=6, seed=3)
+    with torch.no_grad():
+        out = scripted(*(t.cuda() for t in x))
+        assert out.device.type == "cuda"
+        torch.testing.assert_close(out.cpu(), model(*x), rtol=1e-4, atol=1e-4)
+
+
+def held_out_wql(model: torch.nn.Module, history, args: ModelArgs, report: dict) -> float:
+    """wQL of ``model`` on its training's held-out cells, as ``model.train`` reports it."""
+    from model.metrics import weighted_quantile_loss
+    from model.train import held_out_forecasts
+
+    pred, y = held_out_forecasts(model, history, args, report["validation_buckets"])
+    return float(weighted_quantile_loss(y, pred, np.asarray(args.quantiles))[1])

@@ -7,23 +7,19 @@ import dataclasses
 import numpy as np
 import pytest
 import torch
-from artefacts import export_meta, window
+from artefacts import (
+    SMALL,
+    assert_checkpoint_rebuilds,
+    assert_export_serves_eager,
+    assert_exported_runs_on_cuda,
+    held_out_wql,
+    window,
+)
 
-from model.export import export_model, load_checkpoint, load_model, save_checkpoint
-from model.metrics import weighted_quantile_loss
 from model.network import MQCNN, ModelArgs, MQCNNEnsemble, build_network, member_networks
 from model.train import TrainConfig, held_out_forecasts, train
 
-ARGS = ModelArgs(
-    context_length=28,
-    horizons=7,
-    dilations=(1, 2, 4, 8),
-    channels=16,
-    global_hidden=32,
-    horizon_context=8,
-    n_static=1,
-    ensemble=2,
-)
+ARGS = dataclasses.replace(SMALL, ensemble=2)
 CFG = TrainConfig(epochs=3, batch_size=8, lr=1e-2, threads=1, max_minutes=1.0, feedback_stages=0)
 
 
@@ -55,28 +51,13 @@ def test_a_single_member_is_a_plain_network():
 
 
 def test_an_exported_ensemble_serves_what_the_eager_one_forecasts(tmp_path):
-    model = _ensemble()
-    meta = export_meta()
-    full = export_model(model, ARGS, tmp_path / "m.pt", meta)
+    full = assert_export_serves_eager(_ensemble(), ARGS, tmp_path / "m.pt")
     assert full["model_args"]["ensemble"] == 2
-    scripted, _ = load_model(tmp_path / "m.pt")
-    x = window(ARGS, b=6, seed=3)
-    with torch.no_grad():
-        torch.testing.assert_close(scripted(*x), model(*x), rtol=0, atol=0)
-        # Serving in reduced precision casts every member (the service checks for this buffer).
-        assert hasattr(scripted, "compute_dtype")
-        scripted.to(torch.bfloat16)
-        torch.testing.assert_close(scripted(*x), model(*x), rtol=0.05, atol=0.05)
 
 
 def test_an_ensemble_checkpoint_rebuilds_every_member(tmp_path):
-    model = _ensemble()
-    save_checkpoint(model, ARGS, tmp_path / "c.pt")
-    again, args, _ = load_checkpoint(tmp_path / "c.pt")
-    assert isinstance(again, MQCNNEnsemble) and args.ensemble == 2
-    x = window(ARGS, b=6, seed=3)
-    with torch.no_grad():
-        torch.testing.assert_close(again.eval()(*x), model(*x), rtol=0, atol=0)
+    again = assert_checkpoint_rebuilds(_ensemble(), ARGS, tmp_path / "c.pt")
+    assert isinstance(again, MQCNNEnsemble) and len(member_networks(again)) == 2
 
 
 def test_training_an_ensemble_trains_each_member_from_its_own_seed(make_history):
@@ -89,9 +70,7 @@ def test_training_an_ensemble_trains_each_member_from_its_own_seed(make_history)
     assert not torch.equal(a.global_mlp[0].weight, b.global_mlp[0].weight)
     assert {e["member"] for e in report["log"]} == {0, 1}
     # The reported validation score is the ensemble's, the model returned.
-    pred, y = held_out_forecasts(model, history, args, report["validation_buckets"])
-    wql = weighted_quantile_loss(y, pred, np.asarray(args.quantiles))[1]
-    assert wql == pytest.approx(report["val_wql"], rel=1e-5)
+    assert held_out_wql(model, history, args, report) == pytest.approx(report["val_wql"], rel=1e-5)
 
 
 def test_an_ensemble_builds_one_set_of_feedback_features_from_its_mean_forecast(make_history):
@@ -115,12 +94,4 @@ def test_an_ensemble_builds_one_set_of_feedback_features_from_its_mean_forecast(
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
 def test_an_exported_ensemble_runs_on_cuda(tmp_path):
-    model = _ensemble()
-    meta = export_meta()
-    export_model(model, ARGS, tmp_path / "m.pt", meta)
-    scripted, _ = load_model(tmp_path / "m.pt", "cuda")
-    x = window(ARGS, b=6, seed=3)
-    with torch.no_grad():
-        out = scripted(*(t.cuda() for t in x))
-        assert out.device.type == "cuda"
-        torch.testing.assert_close(out.cpu(), model(*x), rtol=1e-4, atol=1e-4)
+    assert_exported_runs_on_cuda(_ensemble(), ARGS, tmp_path / "m.pt")

@@ -7,13 +7,18 @@ import dataclasses
 import numpy as np
 import pytest
 import torch
-from artefacts import export_meta, window
+from artefacts import (
+    SMALL,
+    assert_checkpoint_rebuilds,
+    assert_export_serves_eager,
+    assert_exported_runs_on_cuda,
+    held_out_wql,
+    window,
+)
 from histories import seasonal_history
 
 from model.baselines import FeedForward, ForecastSpec
 from model.dataset import build_tensors
-from model.export import export_model, load_checkpoint, load_model, save_checkpoint
-from model.metrics import weighted_quantile_loss
 from model.network import (
     MQCNN,
     ModelArgs,
@@ -23,18 +28,9 @@ from model.network import (
     member_networks,
     window_members,
 )
-from model.train import TrainConfig, forecast_all, held_out_forecasts, train
+from model.train import TrainConfig, forecast_all, train
 
-ARGS = ModelArgs(
-    context_length=28,
-    horizons=7,
-    dilations=(1, 2, 4, 8),
-    channels=16,
-    global_hidden=32,
-    horizon_context=8,
-    n_static=1,
-    window_member=24,
-)
+ARGS = dataclasses.replace(SMALL, window_member=24)
 
 
 def _model(args: ModelArgs = ARGS) -> MQCNNEnsemble:
@@ -92,10 +88,10 @@ def test_window_member_forecasts_what_the_ffn_rung_forecasts():
     rung.fit(history, 80)
     origins = np.array([40, 60, 79])
     expected = rung.predict(history, origins)  # the rung's own features, from its panel
-    args = dataclasses.replace(ARGS, horizons=7, context_length=28)
-    tt = build_tensors(history, args)
+    assert (ARGS.horizons, ARGS.context_length) == (spec.horizons, spec.context_length)
+    tt = build_tensors(history, ARGS)
     assert rung.net is not None
-    fb = np.zeros((tt.n_items, tt.n_steps, args.n_feedback), np.float32)
+    fb = np.zeros((tt.n_items, tt.n_steps, ARGS.n_feedback), np.float32)
     served = forecast_all(rung.net, tt, fb)[:, origins]  # the network's own, from serving's inputs
     tracked = np.isfinite(expected)
     assert tracked.any() and (np.isfinite(served) == tracked).all()
@@ -103,27 +99,14 @@ def test_window_member_forecasts_what_the_ffn_rung_forecasts():
 
 
 def test_an_exported_window_member_ensemble_serves_what_the_eager_one_forecasts(tmp_path):
-    model = _model(dataclasses.replace(ARGS, ensemble=2))
-    full = export_model(
-        model, model_args := dataclasses.replace(ARGS, ensemble=2), tmp_path / "m.pt", export_meta()
-    )
+    args = dataclasses.replace(ARGS, ensemble=2)
+    full = assert_export_serves_eager(_model(args), args, tmp_path / "m.pt")
     assert full["model_args"]["window_member"] == 24
-    scripted, _ = load_model(tmp_path / "m.pt")
-    x = window(model_args, b=6, seed=3)
-    with torch.no_grad():
-        torch.testing.assert_close(scripted(*x), model(*x), rtol=0, atol=0)
-        scripted.to(torch.bfloat16)
-        torch.testing.assert_close(scripted(*x), model(*x), rtol=0.05, atol=0.05)
 
 
 def test_a_window_member_checkpoint_rebuilds_it(tmp_path):
-    model = _model()
-    save_checkpoint(model, ARGS, tmp_path / "c.pt")
-    again, args, _ = load_checkpoint(tmp_path / "c.pt")
-    assert args.window_member == 24 and len(window_members(again)) == 1
-    x = window(ARGS, b=6, seed=3)
-    with torch.no_grad():
-        torch.testing.assert_close(again.eval()(*x), model(*x), rtol=0, atol=0)
+    again = assert_checkpoint_rebuilds(_model(), ARGS, tmp_path / "c.pt")
+    assert len(window_members(again)) == 1
 
 
 def test_training_with_a_window_member_leaves_the_mqcnn_training_as_it_was(make_history):
@@ -140,18 +123,9 @@ def test_training_with_a_window_member_leaves_the_mqcnn_training_as_it_was(make_
     assert report["window_member"]["seed"] == 1 and report["window_member"]["steps"] > 0
     assert not window_members(with_it)[0].training
     # The reported validation score is the whole ensemble's, the model returned.
-    pred, y = held_out_forecasts(with_it, history, args, report["validation_buckets"])
-    wql = weighted_quantile_loss(y, pred, np.asarray(args.quantiles))[1]
-    assert wql == pytest.approx(report["val_wql"], rel=1e-5)
+    assert held_out_wql(with_it, history, args, report) == pytest.approx(report["val_wql"], rel=1e-5)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
 def test_an_exported_window_member_ensemble_runs_on_cuda(tmp_path):
-    model = _model()
-    export_model(model, ARGS, tmp_path / "m.pt", export_meta())
-    scripted, _ = load_model(tmp_path / "m.pt", "cuda")
-    x = window(ARGS, b=6, seed=3)
-    with torch.no_grad():
-        out = scripted(*(t.cuda() for t in x))
-        assert out.device.type == "cuda"
-        torch.testing.assert_close(out.cpu(), model(*x), rtol=1e-4, atol=1e-4)
+    assert_exported_runs_on_cuda(_model(), ARGS, tmp_path / "m.pt")
