@@ -31,7 +31,7 @@ from state.partition import ClosedBucket, PartitionState
 from stream.batcher import ForecastRequest, chunks, cut_at_batches
 from stream.config import non_negative_int, positive_int
 from stream.inference import Predictor
-from stream.inputs import StaticTable, inputs_for
+from stream.inputs import PendingInputs, StaticTable, inputs_for
 from stream.pipeline import forecast_pipelined
 from stream.publish import ForecastFormat, encode_forecasts
 
@@ -104,7 +104,7 @@ class Workload:
         """The service's own path: pieces of one model batch, each published when it is done,
         ``depth`` batches queued with the model (default: as many as the service queues)."""
         pieces = cut_at_batches([ForecastRequest(0, self.closed, 0.0, 0.0)], batch)
-        inputs = inputs_for(self.closed, "D", self.cfg.horizons, self.statics)
+        inputs = PendingInputs([self.closed], "D", self.cfg.horizons, self.statics)
         out = np.empty((self.rows, self.cfg.horizons, len(self.cfg.quantiles)), dtype=np.float32)
         forecast_pipelined(
             predictor.submit,

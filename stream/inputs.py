@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from itertools import repeat
 
@@ -86,25 +87,81 @@ class StaticTable:
 
 def inputs_for(closed: ClosedBucket, freq: str, horizons: int, statics: StaticTable) -> ModelInputs:
     """Network inputs for every item due at one closed bucket."""
-    n, length = closed.target.shape
-    past_cal = calendar_features(bucket_start(closed.window_buckets, freq))  # [L, C]
-    future = closed.bucket + 1 + np.arange(horizons, dtype=np.int64)
-    future_cal = calendar_features(bucket_start(future, freq))  # [H, C]
-    # One [L, C+1] row template broadcast over the items copies whole rows, about five times
-    # faster than writing the calendar columns into every item's rows; the price column follows.
-    template = np.zeros((length, past_cal.shape[1] + 1), dtype=np.float32)
-    template[:, :-1] = past_cal
-    past_cov = np.empty((n, *template.shape), dtype=np.float32)
-    past_cov[:] = template
-    past_cov[:, :, -1] = log_price(closed.price, carried=True)
-    return ModelInputs(
-        target=closed.target,
-        observed=closed.observed,
-        past_cov=past_cov,
-        future_cov=np.repeat(future_cal[None], n, axis=0),
-        static=statics.ids_for(closed.item_ids),
-        feedback=closed.feedback,
-    )
+    return PendingInputs([closed], freq, horizons, statics).slice(0, closed.rows.size)
+
+
+class PendingInputs:
+    """The network inputs of the items of several closed buckets, assembled a batch at a time.
+
+    :meth:`slice` builds the rows a model batch needs when it is asked for, so the model starts on
+    the first batch while the caller assembles the next ones, and a large bucket roll never holds
+    every item's covariates at once (the past covariates alone are ``4 * L * C`` bytes per item).
+    Each bucket's calendar rows are computed once.
+    """
+
+    def __init__(
+        self, closed: Sequence[ClosedBucket], freq: str, horizons: int, statics: StaticTable
+    ) -> None:
+        self.parts = list(closed)
+        if not self.parts:
+            raise ValueError("no closed buckets to assemble inputs for")
+        self.freq = freq
+        self.horizons = horizons
+        self.statics = statics
+        self.bounds = np.concatenate([[0], np.cumsum([c.rows.size for c in self.parts], dtype=np.int64)])
+        self._calendars: dict[tuple[int, int, int], tuple[np.ndarray, np.ndarray]] = {}
+
+    @property
+    def rows(self) -> int:
+        return int(self.bounds[-1])
+
+    def slice(self, start: int, stop: int) -> ModelInputs:
+        """The inputs of rows ``[start, stop)`` (in the order of the closed buckets given)."""
+        if not 0 <= start <= stop <= self.rows:
+            raise ValueError(f"rows [{start}, {stop}) outside [0, {self.rows})")
+        first = max(0, int(np.searchsorted(self.bounds, start, side="right")) - 1)
+        pieces = []
+        for k in range(first, len(self.parts)):
+            lo, hi = int(self.bounds[k]), int(self.bounds[k + 1])
+            if lo >= stop:
+                break
+            a, b = max(start, lo) - lo, min(stop, hi) - lo
+            if b > a:
+                pieces.append(self._assemble(self.parts[k], a, b))
+        if not pieces:  # an empty slice, still with every input's shape
+            return self._assemble(self.parts[min(first, len(self.parts) - 1)], 0, 0)
+        return concat_inputs(pieces)
+
+    def _calendar(self, closed: ClosedBucket) -> tuple[np.ndarray, np.ndarray]:
+        """The past covariates' row template [L, C+1] (price column 0) and the future calendar
+        [H, C] of one closed bucket."""
+        key = (closed.bucket, int(closed.window_buckets[0]), closed.window_buckets.size)
+        cached = self._calendars.get(key)
+        if cached is None:
+            past_cal = calendar_features(bucket_start(closed.window_buckets, self.freq))  # [L, C]
+            future = closed.bucket + 1 + np.arange(self.horizons, dtype=np.int64)
+            template = np.zeros((past_cal.shape[0], past_cal.shape[1] + 1), dtype=np.float32)
+            template[:, :-1] = past_cal
+            cached = (template, calendar_features(bucket_start(future, self.freq)))
+            self._calendars[key] = cached
+        return cached
+
+    def _assemble(self, closed: ClosedBucket, a: int, b: int) -> ModelInputs:
+        template, future_cal = self._calendar(closed)
+        n = b - a
+        # The row template broadcast over the items copies whole rows, about five times faster
+        # than writing the calendar columns into every item's rows; the price column follows.
+        past_cov = np.empty((n, *template.shape), dtype=np.float32)
+        past_cov[:] = template
+        past_cov[:, :, -1] = log_price(closed.price[a:b], carried=True)
+        return ModelInputs(
+            target=closed.target[a:b],
+            observed=closed.observed[a:b],
+            past_cov=past_cov,
+            future_cov=np.repeat(future_cal[None], n, axis=0),
+            static=self.statics.ids_for(closed.item_ids[a:b]),
+            feedback=closed.feedback[a:b],
+        )
 
 
 def concat_inputs(parts: list[ModelInputs]) -> ModelInputs:

@@ -19,6 +19,17 @@ from stream.batcher import chunks
 from stream.inputs import ModelInputs
 
 
+class Batch(Protocol):
+    """Rows of model inputs that can be had a model batch at a time
+    (:class:`stream.inputs.ModelInputs`, or :class:`stream.inputs.PendingInputs`, which assembles
+    each slice when asked)."""
+
+    @property
+    def rows(self) -> int: ...
+
+    def slice(self, start: int, stop: int) -> ModelInputs: ...
+
+
 class Submit(Protocol):
     """Queues one batch with the model (:meth:`stream.inference.Predictor.submit`): the future gives
     its forecasts [B, H, Q], the seconds its forward took, and ``then(forecasts)`` run on the
@@ -31,7 +42,7 @@ class Submit(Protocol):
 
 def forecast_pipelined(
     submit: Submit,
-    batch: ModelInputs,
+    batch: Batch,
     out: np.ndarray,
     max_batch: int,
     request_rows: Sequence[int],

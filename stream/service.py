@@ -39,7 +39,7 @@ from stream.decode import TimestampCache, decode_events
 from stream.errors import ModelMismatchError, MqcastError, OffsetOrderError
 from stream.health import Health
 from stream.inference import Predictor
-from stream.inputs import StaticTable, concat_inputs, inputs_for
+from stream.inputs import PendingInputs, StaticTable
 from stream.items import ItemAttributes
 from stream.metrics import ServiceMetrics
 from stream.observer import ServiceObserver
@@ -469,9 +469,8 @@ class ForecastService:
         if not requests:
             return 0
         horizons = self.state_cfg.horizons
-        batch = concat_inputs(
-            [inputs_for(r.closed, self.state_cfg.freq, horizons, self.statics) for r in requests]
-        )
+        # Assembled a model batch at a time, as the model asks for them (forecast_pipelined).
+        batch = PendingInputs([r.closed for r in requests], self.state_cfg.freq, horizons, self.statics)
         out = np.empty((batch.rows, horizons, len(self.state_cfg.quantiles)), dtype=np.float32)
         produced_ms = int(time.time() * 1000)
         acked: dict[int, list[float]] = {}  # request -> when each of its output partitions was acked
