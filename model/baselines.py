@@ -756,7 +756,8 @@ class FeedForward:
     windows are sampled uniformly from the training origins; the loss is pinball in demand units
     (the network's scaled output times the item scale), which is what wQL weighs. The last ``H``
     training buckets are held out as targets to keep the best weights; the run stops after
-    ``max_steps`` or at the budget, whichever comes first.
+    ``max_steps`` or at the budget, whichever comes first. ``device`` is where the net trains and
+    forecasts (the windows are cut on the CPU and copied there a batch at a time).
     """
 
     name = "ffn"
@@ -774,8 +775,10 @@ class FeedForward:
         ema_decay: float = 0.999,
         static_dim: int = 8,
         progress: bool = False,
+        device: str | torch.device = "cpu",
     ) -> None:
         self.spec = spec
+        self.device = torch.device(device)
         self.hidden = hidden
         self.static_dim = static_dim
         self.progress = progress
@@ -800,19 +803,23 @@ class FeedForward:
         scale = panel.scale[items, origins]
         cal = panel.calendar(origins[:, None] + 1 + np.arange(self.spec.horizons)[None, :])
         arrays = (hist, obs, np.log(scale).astype(np.float32), cal, panel.static[items])
-        return [torch.from_numpy(np.ascontiguousarray(a)) for a in arrays]
+        return [torch.from_numpy(np.ascontiguousarray(a)).to(self.device) for a in arrays]
 
     def _targets(self, panel: _Panel, items: np.ndarray, origins: np.ndarray, end: int, start: int = 0):
         cols = origins[:, None] + 1 + np.arange(self.spec.horizons)[None, :]
         cc = np.minimum(cols, panel.t - 1)
         ok = (cols < end) & (cols >= start) & panel.obs[items[:, None], cc]
         y = np.where(ok, panel.y[items[:, None], cc], 0.0)
-        return torch.from_numpy(y.astype(np.float32)), torch.from_numpy(ok.astype(np.float32))
+        return (
+            torch.from_numpy(y.astype(np.float32)).to(self.device),
+            torch.from_numpy(ok.astype(np.float32)).to(self.device),
+        )
 
     def _forward(self, panel: _Panel, items: np.ndarray, origins: np.ndarray) -> torch.Tensor:
         assert self.net is not None
         x = self._batch(panel, items, origins)
-        return self.net.scaled_quantiles(*x) * torch.from_numpy(panel.scale[items, origins])[:, None, None]
+        scale = torch.from_numpy(panel.scale[items, origins]).to(self.device)
+        return self.net.scaled_quantiles(*x) * scale[:, None, None]
 
     def fit(self, history: History, until: int) -> None:
         """Train on windows of columns ``< until`` within the time budget."""
@@ -830,7 +837,7 @@ class FeedForward:
         vi, vt = np.meshgrid(np.arange(panel.n), val_o, indexing="ij")
         keep = vt.ravel() >= panel.first[vi.ravel()]
         vi, vt = vi.ravel()[keep], vt.ravel()[keep]
-        q = torch.tensor(self.spec.quantiles)
+        q = torch.tensor(self.spec.quantiles, device=self.device)
         self.net = WindowMLP(
             self.spec.context_length,
             hz,
@@ -839,7 +846,7 @@ class FeedForward:
             self.vocab,
             self.hidden,
             self.static_dim,
-        )
+        ).to(self.device)
         opt = torch.optim.AdamW(self.net.parameters(), lr=self.lr, weight_decay=self.weight_decay)
         average = WeightAverage(self.net, self.ema_decay) if self.ema_decay > 0 else None
         # A constant normaliser (mean |y| per window) keeps the loss scale fixed across batches.
@@ -932,7 +939,7 @@ class FeedForward:
         out = np.empty((items.size, self.spec.horizons, len(self.spec.quantiles)), dtype=np.float32)
         for lo in range(0, items.size, 8192):
             sl = slice(lo, lo + 8192)
-            out[sl] = self._forward(panel, items[sl], orig[sl]).numpy()
+            out[sl] = self._forward(panel, items[sl], orig[sl]).cpu().numpy()
         out = _monotone_nonneg(out.reshape(panel.n, o.size, self.spec.horizons, -1))
         out[_untracked(history, o)] = np.nan
         return out

@@ -389,8 +389,8 @@ def _evaluate(
 def _train_window_member(
     history: History, args: ModelArgs, cfg: TrainConfig, progress: bool
 ) -> tuple[WindowMLP, dict[str, float]]:
-    """Train the :class:`WindowMLP` member by the ffn rung's recipe; returns it (in eval mode, on
-    the CPU) and that rung's report (steps, held-out wQL, seconds)."""
+    """Train the :class:`WindowMLP` member by the ffn rung's recipe on ``cfg.device``; returns it (in
+    eval mode, on that device) and that rung's report (steps, held-out wQL, seconds)."""
     from model.baselines import FeedForward, ForecastSpec  # the rungs import this module
 
     spec = ForecastSpec(
@@ -408,14 +408,13 @@ def _train_window_member(
         vocab=args.static_vocab,
         static_dim=args.static_dim,
         progress=progress,
+        device=cfg.device,
     )
-    # Its own seed, and torch's random state as it found it: the MQ-CNNs then train exactly as
-    # they would without it.
-    rng_state = torch.get_rng_state()
-    try:
+    # Its own seed, and torch's random state as it found it (the CPU's, and the GPU's it trains
+    # on): the MQ-CNNs then train exactly as they would without it.
+    device = torch.device(cfg.device)
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         rung.fit(head, head.n_buckets)
-    finally:
-        torch.set_rng_state(rng_state)
     assert rung.net is not None
     return rung.net.eval(), dict(rung.info)
 

@@ -129,3 +129,20 @@ def test_training_with_a_window_member_leaves_the_mqcnn_training_as_it_was(make_
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
 def test_an_exported_window_member_ensemble_runs_on_cuda(tmp_path):
     assert_exported_runs_on_cuda(_model(), ARGS, tmp_path / "m.pt")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+def test_the_window_member_trains_on_the_gpu_it_is_asked_to(make_history):
+    history = make_history(n_items=16, n_days=70)
+    spec = ForecastSpec(horizons=7, context_length=28, max_seconds=30.0)
+    rung = FeedForward(spec, hidden=16, max_steps=60, eval_every=30, device="cuda")
+    rung.fit(history, 60)
+    assert rung.net is not None and next(rung.net.parameters()).is_cuda
+    assert np.isfinite(rung.predict(history, np.array([40, 59]))).any()
+    args = dataclasses.replace(ARGS, n_static=0)
+    cfg = TrainConfig(
+        epochs=2, batch_size=8, lr=1e-2, threads=1, max_minutes=0.05, feedback_stages=0, device="cuda"
+    )
+    model, report = train(history, args, cfg, progress=False)
+    assert report["window_member"]["steps"] > 0
+    assert all(not p.is_cuda for p in model.parameters())  # returned on the CPU, as documented
