@@ -14,6 +14,7 @@ from kafka.producer.future import FutureProduceResult
 from state.buckets import bucket_start
 from stream.bulk_send import send_keyed, unacknowledged
 from stream.errors import PublishError
+from stream.values_json import values_json
 
 #: Version of the forecast message contract (DESIGN.md); bump it when a field changes meaning.
 FORECAST_SCHEMA = 1
@@ -48,7 +49,8 @@ def iso_ms(ms: int) -> str:
 def encode_forecasts(
     fmt: ForecastFormat, item_ids: Sequence[str], origin: int, values: np.ndarray, produced_ms: int
 ) -> list[bytes]:
-    """JSON forecast messages (DESIGN.md contract) for the items of one origin bucket."""
+    """JSON forecast messages (DESIGN.md contract) for the items of one origin bucket; ``values``
+    [N, H, Q] are published rounded to thousandths (:func:`stream.values_json.values_json`)."""
     origin_ms = int(bucket_start(origin, fmt.freq))
     common = {
         "schema": FORECAST_SCHEMA,
@@ -63,12 +65,13 @@ def encode_forecasts(
     # Everything but the item and its values is the same for the whole batch: encode it once and
     # splice it into each message (this is a hot path: one message per item and bucket).
     middle = b"," + orjson.dumps(common)[1:-1] + b',"values":'
-    vals = np.ascontiguousarray(values, dtype=np.float32)
-    dumps, opts, join = orjson.dumps, orjson.OPT_SERIALIZE_NUMPY, b"".join
+    if len(item_ids) != len(values):
+        raise ValueError(f"{len(item_ids)} items but {len(values)} rows of values")
+    dumps, join = orjson.dumps, b"".join
     # One join per message (not four concatenations): each copies the whole message once.
     return [
-        join((b'{"item_id":', dumps(item), middle, dumps(v, option=opts), b"}"))
-        for item, v in zip(item_ids, vals, strict=True)
+        join((b'{"item_id":', dumps(item), middle, text, b"}"))
+        for item, text in zip(item_ids, values_json(values), strict=True)
     ]
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import importlib.util
+import importlib.metadata
 import subprocess
 import sys
 
@@ -15,13 +15,22 @@ PROBE = (
 )
 
 
+def _installed(package: str) -> bool:
+    # From the package's metadata: this process may have imported stream, which hides triton.
+    try:
+        importlib.metadata.distribution(package)
+    except importlib.metadata.PackageNotFoundError:
+        return False
+    return True
+
+
 def _loads_triton(code: str) -> bool:
     run = [sys.executable, "-c", code]
     done = subprocess.run(run, capture_output=True, text=True, timeout=120, check=True)
     return done.stdout.strip().splitlines()[-1] == "True"
 
 
-@pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="triton is not installed")
+@pytest.mark.skipif(not _installed("triton"), reason="triton is not installed")
 def test_the_service_process_runs_torch_without_triton():
     assert _loads_triton(PROBE)  # torch alone loads it: the guard below is what keeps it out
     assert not _loads_triton("import stream.cli; " + PROBE)
