@@ -47,6 +47,7 @@ from stream.pipeline import forecast_pipelined
 from stream.publish import PRODUCER_SETTINGS, ForecastFormat, Publisher, encode_forecasts
 from stream.reload import ModelWatcher
 from stream.topics import TopicSpec, ensure_topics
+from stream.values_json import prepare_values_json
 
 log = logging.getLogger("mqcast.service")
 
@@ -271,6 +272,7 @@ class ForecastService:
                 list(self.statics.columns),
             )
         predictor.warm_up(min(cfg.batcher.max_batch, 1024))
+        prepare_values_json()  # its number table (0.1 s) now, not in the first batch's latency
         if self.exactly_once:
             producer.init_transactions()
             producer.begin_transaction()
