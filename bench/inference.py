@@ -66,6 +66,45 @@ def rate(fn: Callable[[], None], rows: int, min_s: float = 2.0) -> float:
     return n * rows / (time.perf_counter() - t0)
 
 
+def service_step(
+    predictor: Predictor,
+    state: PartitionState,
+    closed: ClosedBucket,
+    fmt: ForecastFormat,
+    statics: StaticTable,
+    batch: int,
+    depth: int | None = None,
+) -> None:
+    """What the service does with a closed bucket, less the producer's send: pieces of one model
+    batch (``stream.pipeline.forecast_pipelined``), the inputs assembled a batch at a time,
+    ``depth`` batches queued with the model (default: as many as the service queues), each
+    batch's JSON on its model thread when there are several (as the service), the ledger on this
+    one."""
+    pieces = cut_at_batches([ForecastRequest(0, closed, 0.0, 0.0)], batch)
+    out = np.empty((closed.rows.size, fmt.horizons, len(fmt.quantiles)), dtype=np.float32)
+
+    def encode(i: int, values: np.ndarray) -> list[bytes]:
+        piece = pieces[i][1].closed
+        return encode_forecasts(fmt, piece.item_ids, piece.bucket, values, 0)
+
+    def record(i: int, values: np.ndarray, messages: list[bytes] | None) -> None:
+        piece = pieces[i][1].closed
+        state.record_forecasts(piece.bucket, piece.rows, values)
+        if messages is None:
+            encode(i, values)
+
+    forecast_pipelined(
+        predictor.submit,
+        PendingInputs([closed], fmt.freq, fmt.horizons, statics),
+        out,
+        batch,
+        [piece.rows for _, piece in pieces],
+        record,
+        depth=predictor.depth if depth is None else depth,
+        prepare=encode if predictor.prepares_on_workers else None,
+    )
+
+
 class Workload:
     """A partition whose bucket has just closed over ``n_items`` items, and the service's step over
     it: the model's inputs assembled, the model run in batches, every forecast recorded in the
@@ -92,33 +131,9 @@ class Workload:
         ready = inputs_for(self.closed, "D", self.cfg.horizons, self.statics)
         return [torch.from_numpy(np.ascontiguousarray(a)).to(device) for a in ready.arrays()]
 
-    def _encode(self, piece: ClosedBucket, values: np.ndarray) -> list[bytes]:
-        return encode_forecasts(self.fmt, piece.item_ids, piece.bucket, values, 0)
-
-    def _publish(self, piece: ClosedBucket, values: np.ndarray, messages: list[bytes] | None) -> None:
-        self.state.record_forecasts(piece.bucket, piece.rows, values)
-        if messages is None:
-            self._encode(piece, values)
-
     def step(self, predictor: Predictor, batch: int, depth: int | None = None) -> None:
-        """The service's own path: pieces of one model batch, each published when it is done,
-        ``depth`` batches queued with the model (default: as many as the service queues)."""
-        pieces = cut_at_batches([ForecastRequest(0, self.closed, 0.0, 0.0)], batch)
-        inputs = PendingInputs([self.closed], "D", self.cfg.horizons, self.statics)
-        out = np.empty((self.rows, self.cfg.horizons, len(self.cfg.quantiles)), dtype=np.float32)
-        forecast_pipelined(
-            predictor.submit,
-            inputs,
-            out,
-            batch,
-            [p.rows for _, p in pieces],
-            lambda i, values, messages: self._publish(pieces[i][1].closed, values, messages),
-            depth=predictor.depth if depth is None else depth,
-            # As the service: with several workers, each encodes its batch's messages.
-            prepare=(lambda i, values: self._encode(pieces[i][1].closed, values))
-            if predictor.prepares_on_workers
-            else None,
-        )
+        """The service's own path over the closed bucket (:func:`service_step`)."""
+        service_step(predictor, self.state, self.closed, self.fmt, self.statics, batch, depth)
 
     def parts(self, predictor: Predictor, batch: int, rounds: int = 3) -> dict[str, float]:
         """µs per forecast of each part of the step, run one after another (best of ``rounds``):

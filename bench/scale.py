@@ -16,13 +16,12 @@ from pathlib import Path
 import numpy as np
 
 from bench.common import default_model, machine, table
+from bench.inference import service_step
 from state.config import StateConfig
-from state.partition import ClosedBucket, PartitionState
-from stream.batcher import ForecastRequest, cut_at_batches
+from state.partition import PartitionState
 from stream.inference import PRECISIONS, Predictor
-from stream.inputs import PendingInputs, StaticTable
-from stream.pipeline import forecast_pipelined
-from stream.publish import ForecastFormat, encode_forecasts
+from stream.inputs import StaticTable
+from stream.publish import ForecastFormat
 
 DAY = 86_400_000
 
@@ -47,39 +46,6 @@ def state_bytes(s: PartitionState) -> tuple[int, int]:
     held = sum(a.nbytes for a in arrays)
     exact = sum(a[: s.n_items].nbytes for a in arrays)
     return held, exact
-
-
-def _forecast_as_the_service(
-    predictor: Predictor, state: PartitionState, closed: ClosedBucket, fmt: ForecastFormat, batch: int
-) -> float:
-    """Seconds to forecast, record and encode every item of ``closed`` the way the service does
-    (``stream.pipeline.forecast_pipelined``: inputs assembled a batch at a time, batches queued
-    with the model threads, each one's JSON on its thread, the ledger on this one)."""
-    pieces = cut_at_batches([ForecastRequest(0, closed, 0.0, 0.0)], batch)
-    out = np.empty((closed.rows.size, fmt.horizons, len(fmt.quantiles)), dtype=np.float32)
-
-    def encode(i: int, values: np.ndarray) -> list[bytes]:
-        piece = pieces[i][1].closed
-        return encode_forecasts(fmt, piece.item_ids, piece.bucket, values, 0)
-
-    def record(i: int, values: np.ndarray, messages: list[bytes] | None) -> None:
-        piece = pieces[i][1].closed
-        state.record_forecasts(piece.bucket, piece.rows, values)
-        if messages is None:
-            encode(i, values)
-
-    t0 = time.perf_counter()
-    forecast_pipelined(
-        predictor.submit,
-        PendingInputs([closed], "D", fmt.horizons, StaticTable((), 1024)),
-        out,
-        batch,
-        [piece.rows for _, piece in pieces],
-        record,
-        depth=predictor.depth,
-        prepare=encode if predictor.prepares_on_workers else None,
-    )
-    return time.perf_counter() - t0
 
 
 def run(n_items: int, batch: int, device: str = "auto", precision: str = "fp32") -> list[tuple[str, str]]:
@@ -108,7 +74,9 @@ def run(n_items: int, batch: int, device: str = "auto", precision: str = "fp32")
     t_close = time.perf_counter() - t0
     assert closed is not None
     fmt = ForecastFormat("D", predictor.version, cfg.quantiles, cfg.horizons)
-    t_forecast = _forecast_as_the_service(predictor, s, closed, fmt, batch)
+    t0 = time.perf_counter()
+    service_step(predictor, s, closed, fmt, StaticTable((), 1024), batch)
+    t_forecast = time.perf_counter() - t0
     per_item = (rss1 - rss0) / n_items
     return [
         ("items", f"{n_items:,} in one partition, context {cfg.context_length}, {cfg.horizons} horizons"),
