@@ -86,7 +86,11 @@ def default_model(
         "features": {
             "past": list(PAST_COVARIATES),
             "future": list(FUTURE_COVARIATES),
-            "feedback": list(feedback_feature_names(args.quantiles, args.feedback_window)),
+            "feedback": list(
+                feedback_feature_names(
+                    args.quantiles, args.feedback_window, args.horizons if args.feedback_previous else 0
+                )
+            ),
         },
         "static_columns": [f"static_{k}" for k in range(static_columns)],
     }

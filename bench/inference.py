@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from bench.common import default_model, machine, precision_list, table
-from model.export import feedback_window_of
+from model.export import feedback_previous_of, feedback_window_of
 from state.config import StateConfig
 from state.partition import ClosedBucket, PartitionState
 from stream.batcher import ForecastRequest, chunks, cut_at_batches
@@ -117,6 +117,7 @@ class Workload:
             horizons=meta["horizons"],
             quantiles=tuple(meta["quantiles"]),
             feedback_window=feedback_window_of(meta),
+            feedback_previous=feedback_previous_of(meta),
         )
         self.state, self.closed = _closed_bucket(n_items, self.cfg)
         self.rows = self.closed.rows.size

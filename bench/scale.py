@@ -17,6 +17,7 @@ import numpy as np
 
 from bench.common import default_model, machine, table
 from bench.inference import service_step
+from model.export import feedback_previous_of, feedback_window_of
 from state.config import StateConfig
 from state.partition import PartitionState
 from stream.inference import PRECISIONS, Predictor
@@ -54,7 +55,11 @@ def run(n_items: int, batch: int, device: str = "auto", precision: str = "fp32")
     predictor.warm_up(min(batch, n_items))
     meta = predictor.meta
     cfg = StateConfig(
-        context_length=meta["context_length"], horizons=meta["horizons"], quantiles=tuple(meta["quantiles"])
+        context_length=meta["context_length"],
+        horizons=meta["horizons"],
+        quantiles=tuple(meta["quantiles"]),
+        feedback_window=feedback_window_of(meta),
+        feedback_previous=feedback_previous_of(meta),
     )
     ids = np.array([f"item-{i:07d}" for i in range(n_items)], dtype=object)
     rss0 = _rss_bytes()

@@ -75,6 +75,7 @@ class BacktestConfig:
     ema_decay: float | None = None  # weight averaging of the ffn and MQ-CNN rungs (None: their default)
     ensemble: int | None = None  # networks averaged by the MQ-CNN rungs (None: the model's default)
     window_member: int | None = None  # hidden width of the MQ-CNN rungs' WindowMLP member (0: none)
+    feedback_previous: bool | None = None  # feedback rung reads its previous forecasts (None: default)
     leak_check: str = "first"  # "first", "all" (every evaluation origin) or "none"
     volatility_pairs: bool = True  # also forecast at t+1 for every evaluation origin t
     threads: int | None = 1  # torch CPU threads during the run; None leaves torch's setting
@@ -139,6 +140,7 @@ def spec_for(history: History, cfg: BacktestConfig) -> ForecastSpec:
         ema_decay=cfg.ema_decay,
         ensemble=cfg.ensemble,
         window_member=cfg.window_member,
+        feedback_previous=cfg.feedback_previous,
     )
 
 

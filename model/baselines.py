@@ -29,7 +29,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
@@ -50,10 +50,24 @@ HORIZONS = {"h": 24, "D": 14, "W": 8, "M": 6}
 #: Context (look-back) lengths by bucket unit, the network's defaults.
 CONTEXT = {"h": 168, "D": 56, "W": 52, "M": 24}
 
-#: ``(forecasts [N,T,H,Q], qty [N,T], observed [N,T], context_length, quantiles, window)
-#: -> features [N,T,F]``: the serving ledger's recurrence (``state.feedback.replay_feedback``),
-#: injected because ``model/`` may not import ``state/``.
-FeedbackReplay = Callable[[np.ndarray, np.ndarray, np.ndarray, int, tuple[float, ...], int], np.ndarray]
+
+class FeedbackReplay(Protocol):
+    """``(forecasts [N,T,H,Q], qty [N,T], observed [N,T], context_length, quantiles, window,
+    previous=...) -> the features [N,F] of each origin in turn``, reading ``forecasts`` lazily: the
+    serving ledger's recurrence (``state.feedback.feedback_steps``), injected because ``model/``
+    may not import ``state/``."""
+
+    def __call__(
+        self,
+        forecasts: np.ndarray,
+        qty: np.ndarray,
+        observed: np.ndarray,
+        context_length: int,
+        quantiles: tuple[float, ...],
+        window: int = 0,
+        *,
+        previous: bool = False,
+    ) -> Iterator[np.ndarray]: ...
 
 
 @dataclass(frozen=True)
@@ -71,6 +85,7 @@ class ForecastSpec:
     ema_decay: float | None = None  # trained rungs (ffn, MQ-CNN): weight averaging decay (None: default)
     ensemble: int | None = None  # MQ-CNN rungs: networks whose quantiles are averaged (None: the default)
     window_member: int | None = None  # MQ-CNN rungs: hidden width of a WindowMLP member (0: none)
+    feedback_previous: bool | None = None  # mqcnn-feedback: read its previous forecasts (None: default)
 
     def __post_init__(self) -> None:
         q = tuple(float(x) for x in self.quantiles)
@@ -954,27 +969,23 @@ class MQCNNForecaster:
 
     Without ``feedback_replay`` it is trained with the feedback stage off and zero feedback inputs
     (``mqcnn``). With it (``mqcnn-feedback``) training runs the feedback stage, and prediction
-    reproduces the serving recurrence: the features at an origin come from the same network's own
-    forecasts at earlier origins. That recurrence is solved by fixed-point iteration over all origins
-    at once (forecast every origin, replay the ledger, forecast again): iteration ``k`` is exact for
-    the first ``k`` origins and the rest converge as the ledger's averages forget; ``info`` reports
-    the last change. The replay starts ``burn_in`` buckets before the first origin asked for, whose
-    features then carry a weight of ``(1 - alpha) ** burn_in`` (``2e-10`` for 64 buckets) from the
-    missing earlier forecasts.
+    reproduces the serving recurrence exactly: the features at an origin come from the same
+    network's own forecasts at earlier origins, built by the serving ledger's replay origin by
+    origin (``model.train.forecast_recurrent``). The replay starts ``burn_in`` buckets before the
+    first origin asked for, whose features then carry a weight of ``(1 - alpha) ** burn_in``
+    (``2e-10`` for 64 buckets) from the missing earlier forecasts.
     """
 
     def __init__(
         self,
         spec: ForecastSpec,
         feedback_replay: FeedbackReplay | None = None,
-        iterations: int = 5,
         burn_in: int = 64,
         progress: bool = False,
     ) -> None:
         self.spec = spec
         self.feedback_replay = feedback_replay
         self.name = "mqcnn-feedback" if feedback_replay is not None else "mqcnn"
-        self.iterations = iterations
         self.burn_in = burn_in
         self.progress = progress
         self.model = None
@@ -1003,6 +1014,8 @@ class MQCNNForecaster:
             args = dataclasses.replace(args, ensemble=self.spec.ensemble)
         if self.spec.window_member is not None:
             args = dataclasses.replace(args, window_member=self.spec.window_member)
+        if self.spec.feedback_previous is not None:
+            args = dataclasses.replace(args, feedback_previous=self.spec.feedback_previous)
         cfg = TrainConfig(
             seed=self.spec.seed,
             max_minutes=self.spec.max_seconds / 60.0,
@@ -1022,49 +1035,58 @@ class MQCNNForecaster:
         for key, value in (self.report.get("feedback_error_gap") or {}).items():
             self.info[f"feedback_source_{key}"] = value
 
-    def _feedback_fn(self):
+    def _feedback_steps(self):
+        """The injected recurrence with this model's arguments: ``(forecasts, qty, observed) ->``
+        each origin's features in turn."""
         if self.feedback_replay is None:
             return None
         replay, args = self.feedback_replay, self.args
         assert args is not None
 
+        def steps(forecasts: np.ndarray, qty: np.ndarray, observed: np.ndarray) -> Iterator[np.ndarray]:
+            return replay(
+                forecasts,
+                qty,
+                observed,
+                args.context_length,
+                args.quantiles,
+                args.feedback_window,
+                previous=args.feedback_previous,
+            )
+
+        return steps
+
+    def _feedback_fn(self):
+        """The recurrence over a whole history at once, [N, T, F], as training takes it."""
+        steps = self._feedback_steps()
+        if steps is None:
+            return None
+
         def fn(forecasts: np.ndarray, qty: np.ndarray, observed: np.ndarray) -> np.ndarray:
-            return replay(forecasts, qty, observed, args.context_length, args.quantiles, args.feedback_window)
+            return np.stack(list(steps(forecasts, qty, observed)), axis=1)
 
         return fn
 
     def predict(self, history: History, origins: np.ndarray) -> np.ndarray:
         """Quantile forecasts [N, O, H, Q] (see :class:`Forecaster`)."""
         from model.dataset import build_tensors
-        from model.train import forecast_all
+        from model.train import forecast_all, forecast_recurrent
 
         if self.model is None or self.args is None:
             raise RuntimeError(f"{self.name}: predict before fit")
         o = _check_origins(history, origins)
         head = history.head(int(o.max()) + 1)
         tt = build_tensors(head, self.args)
-        fb = np.zeros((tt.n_items, tt.n_steps, self.args.n_feedback), dtype=np.float32)
         if self.feedback_replay is None:
             since = int(o.min())
+            fb = np.zeros((tt.n_items, tt.n_steps, self.args.n_feedback), dtype=np.float32)
             pred = forecast_all(self.model, tt, fb, since=since)
             return pred[:, o - since].astype(np.float32)
         since = max(0, int(o.min()) - self.burn_in)
-        full = np.full(
-            (tt.n_items, tt.n_steps, self.args.horizons, len(self.args.quantiles)), np.nan, np.float32
-        )
-        prev = None
-        replay = self._feedback_fn()
-        assert replay is not None
-        for _ in range(self.iterations):
-            full[:, since:] = forecast_all(self.model, tt, fb, since=since)
-            fb = np.asarray(replay(full, tt.target, tt.observed > 0), dtype=np.float32)
-            cur = full[:, o].copy()
-            if prev is not None:
-                scale = np.nanmean(np.abs(cur)) + 1e-9
-                self.info["last_change"] = float(np.nanmax(np.abs(cur - prev)) / scale)
-            prev = cur
-        assert prev is not None
-        return prev
+        steps = self._feedback_steps()
+        assert steps is not None
+        pred = forecast_recurrent(self.model, tt, steps, since=since)
+        return pred[:, o - since].astype(np.float32)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -1085,7 +1107,7 @@ def _require(fb: FeedbackReplay | None) -> FeedbackReplay:
     if fb is None:
         raise ValueError(
             "the mqcnn-feedback rung needs the serving ledger's replay function "
-            "(state.feedback.replay_feedback), which the caller passes in as feedback_replay"
+            "(state.feedback.feedback_steps), which the caller passes in as feedback_replay"
         )
     return fb
 

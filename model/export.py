@@ -87,6 +87,7 @@ def export_model(model: MQCNN | MQCNNEnsemble, args: ModelArgs, path: Path, meta
             "horizons": args.horizons,
             "context_length": args.context_length,
             "feedback_window": args.feedback_window,
+            "feedback_previous": args.feedback_previous,
             "inputs": {
                 name: {"shape": list(shape), "dtype": dtype}
                 for name, (shape, dtype) in input_spec(args).items()
@@ -145,6 +146,12 @@ def feedback_window_of(meta: dict) -> int:
     """Scored buckets an artefact's feedback input holds one by one (0 for artefacts from before the
     feedback window)."""
     return int(meta.get("feedback_window", 0))
+
+
+def feedback_previous_of(meta: dict) -> bool:
+    """Whether an artefact's feedback input holds each horizon's previous forecast (False for
+    artefacts from before that input)."""
+    return bool(meta.get("feedback_previous", False))
 
 
 def _plain(value: object) -> object:

@@ -17,7 +17,7 @@ import copy
 import dataclasses
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
@@ -44,6 +44,9 @@ from model.network import (
 #: ``(forecasts [N,T,H,Q] with NaN before each item's first observation, qty [N,T], observed [N,T])
 #: -> feedback features float32 [N,T,F]``.
 FeedbackFn = Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray]
+#: ``(forecasts [N,T,H,Q], qty [N,T], observed [N,T]) ->`` the feedback features [N, F] of each
+#: origin in turn, reading ``forecasts`` lazily (``state.feedback.feedback_steps``).
+FeedbackSteps = Callable[[np.ndarray, np.ndarray, np.ndarray], Iterator[np.ndarray]]
 
 
 @dataclass(frozen=True)
@@ -135,6 +138,32 @@ def _tensors(
     return [torch.from_numpy(np.ascontiguousarray(a)).to(device) for a in arrays]
 
 
+def _decoder_inputs(
+    model: MQCNN, tt: TrainingTensors, rows: np.ndarray, since: int, device: torch.device
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """What :meth:`MQCNN.decode` takes besides the feedback, for ``rows`` at every origin from
+    ``since`` on: encoding [B,T',C], scale [B,T'], future covariates [B,T',H,Cf], static embedding
+    [B,E] and seasonal inputs [B,T',H,S]. Only the ``context_length - 1`` columns before ``since``
+    are read, which gives the numbers of a pass over the whole series (the serving window
+    equivalence)."""
+    start = max(0, since - model.context_length + 1)
+    skip = since - start  # columns read for the encoder's sake only: not decoded
+    zeros = np.zeros((tt.n_items, tt.n_steps, 0), dtype=np.float32)
+    target, observed, past_cov, future_cov, static, _ = _tensors(tt, rows, zeros, start, device)
+    return (
+        model.encode(target, observed, past_cov)[:, skip:],
+        model.rolling_scale(target, observed)[:, skip:],
+        future_cov[:, skip:],
+        model.embed_static(static),
+        model.seasonal_inputs(target, observed)[:, skip:],
+    )
+
+
+def _untracked(tt: TrainingTensors, since: int) -> np.ndarray:
+    """Cells [N, T - since] at origins before the item's first observation."""
+    return np.arange(since, tt.n_steps)[None, :] < tt.first[:, None]
+
+
 @torch.no_grad()
 def forecast_all(
     model: MQCNN | MQCNNEnsemble | WindowMLP,
@@ -156,35 +185,82 @@ def forecast_all(
         return sum(forecast_all(m, tt, fb, device, batch, since) for m in members) / len(members)
     model.eval()
     device = torch.device(device)
-    start = max(0, since - model.context_length + 1)
     out = np.empty((tt.n_items, tt.n_steps - since, model.horizons, model.n_quantiles), dtype=np.float32)
-    skip = since - start  # columns read for the encoder's sake only: not decoded
     for lo in range(0, tt.n_items, batch):
         rows = np.arange(lo, min(lo + batch, tt.n_items))
-        inputs = _tensors(tt, rows, fb, start, device)
         if isinstance(model, WindowMLP):
-            pred = model.forward_all(*inputs)[:, skip:]
+            start = max(0, since - model.context_length + 1)
+            pred = model.forward_all(*_tensors(tt, rows, fb, start, device))[:, since - start :]
             out[rows] = pred.float().cpu().numpy()
             continue
-        target, observed, past_cov, future_cov, static, feedback = inputs
-        # forward_all at the origins from ``since`` on, without decoding the columns before them.
-        enc = model.encode(target, observed, past_cov)[:, skip:]
-        scale = model.rolling_scale(target, observed)[:, skip:]
-        seasonal = model.seasonal_inputs(target, observed)[:, skip:]
+        enc, scale, future_cov, emb, seasonal = _decoder_inputs(model, tt, rows, since, device)
+        feedback = torch.from_numpy(np.ascontiguousarray(fb[rows, since:])).to(device)
         b, t = enc.shape[0], enc.shape[1]
-        emb = model.embed_static(static).unsqueeze(1).expand(-1, t, -1)
         pred = model.decode(
             enc.reshape(b * t, -1),
             scale.reshape(b * t),
-            future_cov[:, skip:].reshape(b * t, model.horizons, -1),
-            emb.reshape(b * t, -1),
-            feedback[:, skip:].reshape(b * t, -1),
+            future_cov.reshape(b * t, model.horizons, -1),
+            emb.unsqueeze(1).expand(-1, t, -1).reshape(b * t, -1),
+            feedback.reshape(b * t, -1),
             seasonal.reshape(b * t, model.horizons, -1),
         )
         out[rows] = pred.reshape(b, t, model.horizons, model.n_quantiles).float().cpu().numpy()
-    untracked = np.arange(since, tt.n_steps)[None, :] < tt.first[:, None]
-    out[untracked] = np.nan
+    out[_untracked(tt, since)] = np.nan
     return out
+
+
+@torch.no_grad()
+def forecast_recurrent(
+    model: MQCNN | MQCNNEnsemble,
+    tt: TrainingTensors,
+    feedback_steps: FeedbackSteps,
+    since: int,
+    device: torch.device | str = "cpu",
+    batch: int = 256,
+) -> np.ndarray:
+    """Forecasts at every origin from ``since`` on, [N, T - since, H, Q], each made with the
+    feedback the serving ledger would hold then: built by ``feedback_steps`` (the ledger's
+    recurrence one origin at a time, ``state.feedback.feedback_steps``) from this model's own
+    forecasts at the origins before it (none before ``since``).
+
+    This is the serving recurrence, solved exactly: origin by origin, the encodings computed once
+    and only the decoder run again. Members that ignore the feedback (a window member) forecast
+    once for all origins.
+    """
+    members = list(model.members) if isinstance(model, MQCNNEnsemble) else [model]
+    device = torch.device(device)
+    nets = [m.eval() for m in members if isinstance(m, MQCNN)]
+    fixed = [m for m in members if not isinstance(m, MQCNN)]
+    zero_fb = np.zeros((tt.n_items, tt.n_steps, 0), dtype=np.float32)
+    rest = sum(forecast_all(m, tt, zero_fb, device, since=since) for m in fixed) if fixed else 0.0
+    inputs = []
+    for net in nets:
+        parts = [
+            _decoder_inputs(net, tt, np.arange(lo, min(lo + batch, tt.n_items)), since, device)
+            for lo in range(0, tt.n_items, batch)
+        ]
+        inputs.append([torch.cat(x) for x in zip(*parts, strict=True)])
+    n, t_len, h_len, q_len = tt.n_items, tt.n_steps - since, members[0].horizons, members[0].n_quantiles
+    full = np.full((n, tt.n_steps, h_len, q_len), np.nan, dtype=np.float32)
+    untracked = _untracked(tt, since)
+    # Nothing was forecast before ``since``, so the features there are empty and the replay can
+    # start where the first scale's window does. It reads ``full`` (a view) as it goes, so each
+    # origin's features see the forecasts written at the origins before it.
+    lo = max(0, since - members[0].context_length + 1)
+    steps = feedback_steps(full[:, lo:], tt.target[:, lo:], tt.observed[:, lo:] > 0)
+    for _ in range(since - lo):
+        next(steps)
+    for j, fb in zip(range(t_len), steps, strict=False):
+        t = since + j
+        feedback = torch.from_numpy(fb).to(device)
+        pred = 0.0
+        for net, (enc, scale, future_cov, emb, seasonal) in zip(nets, inputs, strict=True):
+            pred = pred + net.decode(enc[:, j], scale[:, j], future_cov[:, j], emb, feedback, seasonal[:, j])
+        step = (pred.float().cpu().numpy() if nets else 0.0) + (rest[:, j] if fixed else 0.0)
+        step = step / len(members)
+        step[untracked[:, j]] = np.nan
+        full[:, t] = step
+    return full[:, since:]
 
 
 def _target_columns(tt: TrainingTensors) -> np.ndarray:

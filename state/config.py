@@ -11,7 +11,8 @@ from state.buckets import check_freq
 class StateConfig:
     """What a partition's state keeps and how its buckets close.
 
-    ``context_length``, ``horizons``, ``quantiles`` and ``feedback_window`` must match the model being
+    ``context_length``, ``horizons``, ``quantiles``, ``feedback_window`` and ``feedback_previous``
+    must match the model being
     served; the runner builds this object from the model's metadata so they cannot drift apart.
     """
 
@@ -23,6 +24,9 @@ class StateConfig:
     feedback_alpha: float = 0.3
     #: Scored buckets kept one by one in the feedback features (the model's ``feedback_window``).
     feedback_window: int = 0
+    #: Whether the feedback features hold each horizon's previous forecast (the model's
+    #: ``feedback_previous``).
+    feedback_previous: bool = False
     initial_capacity: int = 1024
     #: Items without a sale in this many closed buckets are forgotten (0 keeps every item forever).
     evict_after_buckets: int = 0

@@ -15,6 +15,8 @@ pinball per quantile), all zero until that many buckets were scored.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import numpy as np
 
 #: Smoothing of the exponentially weighted error averages (weight of the newest realisation).
@@ -23,19 +25,44 @@ DEFAULT_ALPHA = 0.3
 ERROR_CLIP = 10.0
 
 
-def feedback_feature_names(quantiles: tuple[float, ...], window: int = 0) -> tuple[str, ...]:
-    """Names of the feedback feature columns for a set of quantile levels and a window of scored
-    buckets (0: the averages only)."""
+def feedback_feature_names(
+    quantiles: tuple[float, ...], window: int = 0, previous: int = 0
+) -> tuple[str, ...]:
+    """Names of the feedback feature columns for a set of quantile levels, a window of scored
+    buckets (0: the averages only) and ``previous`` horizons of previous forecasts (0: none)."""
     pinball = tuple(f"pinball_q{q:g}" for q in quantiles)
     names = ("fb_weight", "fb_bias", "fb_coverage", *(f"fb_{p}" for p in pinball))
     for k in range(1, window + 1):
         names += tuple(f"fb_recent{k}_{c}" for c in ("seen", "bias", "coverage", *pinball))
+    for h in range(1, previous + 1):
+        names += (f"fb_prev_h{h}_seen", *(f"fb_prev_h{h}_q{q:g}" for q in quantiles))
     return names
 
 
-def n_feedback_features(n_quantiles: int, window: int = 0) -> int:
-    """Width of the feedback feature vector."""
+def n_error_features(n_quantiles: int, window: int = 0) -> int:
+    """Width of the realised-error part of the feedback vector (the averages and the window)."""
     return (3 + n_quantiles) * (1 + window)
+
+
+def n_feedback_features(n_quantiles: int, window: int = 0, previous: int = 0) -> int:
+    """Width of the feedback feature vector."""
+    return n_error_features(n_quantiles, window) + previous * (1 + n_quantiles)
+
+
+def previous_forecasts(last: np.ndarray) -> np.ndarray:
+    """The previous-forecast block of the feedback vector from the forecasts ``last`` [N, H, Q] that
+    the previous origin made (NaN rows: none), float32 [N, H * (1 + Q)].
+
+    The coming forecast's horizon ``h`` targets the bucket the previous one reached at ``h + 1``,
+    so horizon ``h`` gets ``last[:, h]`` (0-based) and the last horizon nothing.
+    """
+    n, h_len, q = last.shape
+    out = np.zeros((n, h_len, 1 + q), dtype=np.float32)
+    ahead = last[:, 1:]
+    seen = np.isfinite(ahead[:, :, 0])
+    out[:, : h_len - 1, 0] = seen
+    out[:, : h_len - 1, 1:] = np.where(seen[:, :, None], ahead, 0.0)
+    return out.reshape(n, h_len * (1 + q))
 
 
 def item_scale(qty_window: np.ndarray, observed_window: np.ndarray) -> np.ndarray:
@@ -93,7 +120,8 @@ def update_feedback(
     Column 0 is the weight, ``1 - (1 - alpha)^n`` after ``n`` realisations, which tells the network
     how much history stands behind the averages in the other columns (all zero for a new item).
     Items with a realisation also push it, with its seen flag, to the front of their window (the
-    width of ``features`` says how long the window is); the oldest falls off.
+    width of ``features``, the error part of the vector only, says how long the window is); the
+    oldest falls off.
     """
     out = features.copy()
     e = errors.shape[1] + 1
@@ -109,7 +137,7 @@ def update_feedback(
     return out
 
 
-def replay_feedback(
+def feedback_steps(
     forecasts: np.ndarray,
     qty: np.ndarray,
     observed: np.ndarray,
@@ -117,20 +145,20 @@ def replay_feedback(
     quantiles: tuple[float, ...],
     window: int = 0,
     alpha: float = DEFAULT_ALPHA,
-) -> np.ndarray:
-    """Feedback features at every origin of a history, as the serving ledger would have built them.
+    previous: bool = False,
+) -> Iterator[np.ndarray]:
+    """The serving ledger's recurrence over a history, one origin at a time: yields the feedback
+    features float32 [N, F] that the forecast at origin ``t = 0, 1, ...`` receives.
 
-    ``forecasts`` is float32 [N, T, H, Q]: the forecast made at origin ``t`` (after bucket ``t``
-    closed) for buckets ``t+1..t+H``; NaN where the item was not yet tracked. ``window`` is the
-    number of scored buckets kept one by one (see the module docstring). Returns float32 [N, T, F]:
-    the features the forecast at origin ``t`` receives, i.e. after the errors realised at bucket
-    ``t`` were folded in. This is the serving recurrence run over the whole history, so the trainer
-    feeds the network exactly what the service will.
+    Arguments as :func:`replay_feedback`. ``forecasts`` is read lazily: the features of origin
+    ``t`` read only the forecasts of origins before ``t``, and only when they are asked for, so a
+    caller may write the forecast of origin ``t`` into ``forecasts`` after receiving its features
+    (which is how a model's forecasts on its own feedback are made, ``model.train``).
     """
     n, t_len, h_len, _ = forecasts.shape
     q = np.asarray(quantiles, dtype=np.float32)
-    feats = np.zeros((n, n_feedback_features(len(quantiles), window)), dtype=np.float32)
-    out = np.zeros((n, t_len, feats.shape[1]), dtype=np.float32)
+    feats = np.zeros((n, n_error_features(len(quantiles), window)), dtype=np.float32)
+    width = n_feedback_features(len(quantiles), window, h_len if previous else 0)
     obs_f = observed.astype(np.float32)
     qty_obs = np.where(observed, qty, 0.0).astype(np.float32)
     # Rolling window sums give the same scale the ledger computes from its ring buffer.
@@ -148,5 +176,37 @@ def replay_feedback(
         realised[~observed[:, t]] = np.nan
         errors, has = realised_errors(realised, qty[:, t], scale, q)
         feats = update_feedback(feats, errors, has, alpha)
+        out = np.zeros((n, width), dtype=np.float32)
+        out[:, : feats.shape[1]] = feats
+        if previous and t > 0:
+            out[:, feats.shape[1] :] = previous_forecasts(forecasts[:, t - 1])
+        yield out
+
+
+def replay_feedback(
+    forecasts: np.ndarray,
+    qty: np.ndarray,
+    observed: np.ndarray,
+    context_length: int,
+    quantiles: tuple[float, ...],
+    window: int = 0,
+    alpha: float = DEFAULT_ALPHA,
+    previous: bool = False,
+) -> np.ndarray:
+    """Feedback features at every origin of a history, as the serving ledger would have built them.
+
+    ``forecasts`` is float32 [N, T, H, Q]: the forecast made at origin ``t`` (after bucket ``t``
+    closed) for buckets ``t+1..t+H``; NaN where the item was not yet tracked. ``window`` is the
+    number of scored buckets kept one by one and ``previous`` adds each horizon's previous forecast
+    (see the module docstring). Returns float32 [N, T, F]: the features the forecast at origin
+    ``t`` receives, i.e. after the errors realised at bucket ``t`` were folded in. This is the
+    serving recurrence run over the whole history (:func:`feedback_steps`), so the trainer feeds
+    the network exactly what the service will.
+    """
+    n, t_len, h_len, _ = forecasts.shape
+    width = n_feedback_features(len(quantiles), window, h_len if previous else 0)
+    out = np.zeros((n, t_len, width), dtype=np.float32)
+    steps = feedback_steps(forecasts, qty, observed, context_length, quantiles, window, alpha, previous)
+    for t, feats in enumerate(steps):
         out[:, t] = feats
     return out

@@ -2,7 +2,8 @@
 
 A forecast made at origin ``o`` covers buckets ``o+1..o+H``, so only the last ``H`` origins can still
 be realised. The ledger keeps them in a ring of ``H`` origin slots per item and turns the realised
-errors into the feedback features of ``state.feedback``.
+errors into the feedback features of ``state.feedback`` (with ``previous``, also each horizon's
+previous forecast of its target, read from the ring).
 """
 
 from __future__ import annotations
@@ -12,7 +13,13 @@ from dataclasses import dataclass
 import numpy as np
 
 from state.arrays import grown
-from state.feedback import n_feedback_features, realised_errors, update_feedback
+from state.feedback import (
+    n_error_features,
+    n_feedback_features,
+    previous_forecasts,
+    realised_errors,
+    update_feedback,
+)
 
 _NO_ORIGIN = np.iinfo(np.int64).min
 
@@ -31,15 +38,26 @@ class Ledger:
     """Per-item forecasts of the last ``H`` origins and the feedback features they produced."""
 
     def __init__(
-        self, capacity: int, horizons: int, quantiles: tuple[float, ...], alpha: float, window: int = 0
+        self,
+        capacity: int,
+        horizons: int,
+        quantiles: tuple[float, ...],
+        alpha: float,
+        window: int = 0,
+        previous: bool = False,
     ) -> None:
         self.horizons = horizons
         self.quantiles = np.asarray(quantiles, dtype=np.float32)
         self.alpha = alpha
+        self.previous = previous
         q = len(quantiles)
         self.forecasts = np.full((capacity, horizons, horizons, q), np.nan, dtype=np.float32)
         self.origin = np.full((capacity, horizons), _NO_ORIGIN, dtype=np.int64)
-        self.feedback = np.zeros((capacity, n_feedback_features(q, window)), dtype=np.float32)
+        #: Columns of ``feedback`` that accumulate realised errors; the rest (the previous
+        #: forecasts) is rebuilt from ``forecasts`` at every bucket, so it is not state of its own.
+        self.n_errors = n_error_features(q, window)
+        width = n_feedback_features(q, window, horizons if previous else 0)
+        self.feedback = np.zeros((capacity, width), dtype=np.float32)
 
     @property
     def capacity(self) -> int:
@@ -92,8 +110,22 @@ class Ledger:
         realised = self.realised_at(bucket, n)
         realised[~tracked] = np.nan
         errors, has = realised_errors(realised, actual, scale, self.quantiles)
-        self.feedback[:n] = update_feedback(self.feedback[:n], errors, has, self.alpha)
+        e = self.n_errors
+        self.feedback[:n, :e] = update_feedback(self.feedback[:n, :e], errors, has, self.alpha)
+        self.refresh_previous(bucket, n)
         return _score(realised, actual, self.quantiles)
+
+    def refresh_previous(self, bucket: int, n: int) -> None:
+        """Set the previous-forecast block of the first ``n`` items' feedback as it stands once
+        ``bucket`` has closed: the forecasts made at ``bucket - 1`` (nothing without ``previous``)."""
+        if self.previous:
+            self.feedback[:n, self.n_errors :] = previous_forecasts(self.made_at(bucket - 1, n))
+
+    def made_at(self, origin: int, n: int) -> np.ndarray:
+        """The forecasts the first ``n`` items received at ``origin``, float32 [n, H, Q] (NaN: none)."""
+        slot = origin % self.horizons
+        made = self.origin[:n, slot] == origin
+        return np.where(made[:, None, None], self.forecasts[:n, slot], np.nan).astype(np.float32)
 
 
 def _score(realised: np.ndarray, actual: np.ndarray, quantiles: np.ndarray) -> RealisedScore:

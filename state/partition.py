@@ -89,7 +89,9 @@ class PartitionState:
         self.last_sale = np.full(cap, _NO_TIME, dtype=np.int64)
         self.last_price = np.full(cap, np.nan, dtype=np.float32)
         self.open: dict[int, OpenBucket] = {}
-        self.ledger = Ledger(cap, cfg.horizons, cfg.quantiles, cfg.feedback_alpha, cfg.feedback_window)
+        self.ledger = Ledger(
+            cap, cfg.horizons, cfg.quantiles, cfg.feedback_alpha, cfg.feedback_window, cfg.feedback_previous
+        )
         self.next_close: int | None = None
         self.max_event_ms = int(_NO_TIME)
 

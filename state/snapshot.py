@@ -69,7 +69,8 @@ def snapshot(state: PartitionState, input_offset: int) -> bytes:
         "last_price": state.last_price[:n],
         "ledger_forecasts": state.ledger.forecasts[:n],
         "ledger_origin": state.ledger.origin[:n],
-        "ledger_feedback": state.ledger.feedback[:n],
+        # The previous forecasts in the feedback are rebuilt from the ledger's forecasts on restore.
+        "ledger_feedback": state.ledger.feedback[:n, : state.ledger.n_errors],
         "open_qty": np.stack([state.open[b].qty[:n] for b in open_buckets])
         if open_buckets
         else np.zeros((0, n)),
@@ -116,7 +117,7 @@ def restore(data: bytes, cfg: StateConfig) -> tuple[PartitionState, int]:
     # A model with a longer or shorter feedback window may follow the one the snapshot was taken
     # under: the averages and the newest scored buckets carry over, the rest starts empty.
     fb = arrays["ledger_feedback"]
-    width = min(fb.shape[1], state.ledger.feedback.shape[1])
+    width = min(fb.shape[1], state.ledger.n_errors)
     state.ledger.feedback[:n, :width] = fb[:, :width]
     for k, b in enumerate(header["open_buckets"]):
         acc = OpenBucket.empty(state.capacity)
@@ -125,5 +126,7 @@ def restore(data: bytes, cfg: StateConfig) -> tuple[PartitionState, int]:
         acc.priced_qty[:n] = arrays["open_priced"][k]
         state.open[int(b)] = acc
     state.next_close = header["next_close"]
+    if state.next_close is not None:
+        state.ledger.refresh_previous(int(state.next_close) - 1, n)
     state.max_event_ms = int(header["max_event_ms"])
     return state, int(header["input_offset"])

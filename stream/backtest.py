@@ -104,6 +104,13 @@ def add_backtest_arguments(parser: argparse.ArgumentParser) -> None:
         "the window (the ffn rung's) with hidden layers this wide (0: none; default: the model's for "
         "the data's bucket)",
     )
+    parser.add_argument(
+        "--feedback-previous",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="the mqcnn-feedback rung's decoder also reads, per horizon, what its previous origin "
+        "forecast for the same target (default: the model's)",
+    )
     parser.add_argument("--no-plots", action="store_true", help="tables only")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
 
@@ -111,7 +118,7 @@ def add_backtest_arguments(parser: argparse.ArgumentParser) -> None:
 def run_backtest_command(args: argparse.Namespace, feedback_replay: FeedbackReplay | None = None) -> int:
     """``mqcast backtest``: returns the exit status (2 on bad arguments or data).
 
-    ``feedback_replay`` is ``state.feedback.replay_feedback``; the ``mqcnn-feedback`` rung needs it.
+    ``feedback_replay`` is ``state.feedback.feedback_steps``; the ``mqcnn-feedback`` rung needs it.
     """
     from model.backtest import BacktestConfig, build_forecasters, make_plan, run_backtest
     from model.baselines import RUNGS
@@ -141,6 +148,7 @@ def run_backtest_command(args: argparse.Namespace, feedback_replay: FeedbackRepl
             ema_decay=args.ema_decay,
             ensemble=args.ensemble,
             window_member=args.window_member,
+            feedback_previous=args.feedback_previous,
             leak_check=args.leak_check,
             threads=args.threads,
         )

@@ -211,6 +211,13 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
         help="scored buckets the decoder attends over (default 0: the error averages only)",
     )
     p.add_argument(
+        "--feedback-previous",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="each horizon's decoder also reads what the item's previous origin forecast for the same "
+        "target, served from the ledger (default: the model's for the data's bucket)",
+    )
+    p.add_argument(
         "--recent",
         type=non_negative_int,
         default=None,
@@ -256,10 +263,10 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
 
 def cmd_backtest(args: argparse.Namespace) -> int:
     """``mqcast backtest``: the ladder table, CSV/Markdown/JSON and plots."""
-    from state.feedback import replay_feedback
+    from state.feedback import feedback_steps
     from stream.backtest import run_backtest_command
 
-    return run_backtest_command(args, feedback_replay=replay_feedback)
+    return run_backtest_command(args, feedback_replay=feedback_steps)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from model.errors import ModelError
-from model.export import feedback_window_of
+from model.export import feedback_previous_of, feedback_window_of
 from model.metrics import quantiles_cross
 from stream.config import ReloadConfig
 from stream.errors import ModelMismatchError
@@ -63,6 +63,10 @@ def validate_candidate(candidate: Predictor, current_meta: dict, check_fits: Cal
     ]
     if feedback_window_of(meta) != feedback_window_of(current_meta):
         changed.append(f"feedback_window {feedback_window_of(current_meta)} -> {feedback_window_of(meta)}")
+    if feedback_previous_of(meta) != feedback_previous_of(current_meta):
+        changed.append(
+            f"feedback_previous {feedback_previous_of(current_meta)} -> {feedback_previous_of(meta)}"
+        )
     if changed:
         raise ModelMismatchError(
             "the new model changes the shape of the state being served ("

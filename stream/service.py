@@ -27,7 +27,7 @@ from kafka.future import Future
 from kafka.structs import OffsetAndMetadata, TopicPartition
 from prometheus_client import CollectorRegistry
 
-from model.export import feedback_window_of
+from model.export import feedback_previous_of, feedback_window_of
 from state.config import StateConfig
 from state.feedback import feedback_feature_names
 from state.partition import PartitionState
@@ -85,7 +85,8 @@ def check_model_fits(meta: dict, cfg: ServiceConfig) -> None:
             f"{cfg.model.bucket!r} buckets (--bucket / MQCAST_BUCKET)"
         )
     quantiles = tuple(meta.get("quantiles", ()))
-    expected_fb = list(feedback_feature_names(quantiles, feedback_window_of(meta)))
+    previous = int(meta.get("horizons", 0)) if feedback_previous_of(meta) else 0
+    expected_fb = list(feedback_feature_names(quantiles, feedback_window_of(meta), previous))
     got_fb = list(meta.get("features", {}).get("feedback", []))
     if got_fb != expected_fb:
         problems.append(f"the model's feedback features {got_fb} are not the service's {expected_fb}")
@@ -179,6 +180,7 @@ class ForecastService:
             horizons=int(meta["horizons"]),
             quantiles=quantiles,
             feedback_window=feedback_window_of(meta),
+            feedback_previous=feedback_previous_of(meta),
             allowed_lateness_ms=cfg.allowed_lateness_ms,
             evict_after_buckets=cfg.evict_after_buckets,
         )

@@ -47,6 +47,7 @@ def train_artifact(
     max_minutes: float | None = None,
     feedback_stages: int | None = None,
     feedback_window: int | None = None,
+    feedback_previous: bool | None = None,
     recent: int | None = None,
     ema_decay: float | None = None,
     ensemble: int | None = None,
@@ -73,6 +74,8 @@ def train_artifact(
         overrides["horizons"] = horizons
     if feedback_window is not None:
         overrides["feedback_window"] = feedback_window
+    if feedback_previous is not None:
+        overrides["feedback_previous"] = feedback_previous
     if recent is not None:
         overrides["recent"] = recent
     if ensemble is not None:
@@ -100,7 +103,13 @@ def train_artifact(
 
     def feedback_fn(forecasts: np.ndarray, qty: np.ndarray, observed: np.ndarray) -> np.ndarray:
         return replay_feedback(
-            forecasts, qty, observed, args.context_length, args.quantiles, args.feedback_window
+            forecasts,
+            qty,
+            observed,
+            args.context_length,
+            args.quantiles,
+            args.feedback_window,
+            previous=args.feedback_previous,
         )
 
     model, report = train(history, args, cfg, feedback_fn=feedback_fn, progress=progress)
@@ -112,7 +121,11 @@ def train_artifact(
         "features": {
             "past": list(PAST_COVARIATES),
             "future": list(FUTURE_COVARIATES),
-            "feedback": list(feedback_feature_names(args.quantiles, args.feedback_window)),
+            "feedback": list(
+                feedback_feature_names(
+                    args.quantiles, args.feedback_window, args.horizons if args.feedback_previous else 0
+                )
+            ),
         },
         "static_columns": list(history.static),
         "train_data": {
@@ -149,6 +162,7 @@ def run_train(args: argparse.Namespace) -> int:
         max_minutes=args.max_minutes,
         feedback_stages=args.feedback_stages,
         feedback_window=args.feedback_window,
+        feedback_previous=args.feedback_previous,
         recent=args.recent,
         ema_decay=args.ema_decay,
         ensemble=args.ensemble,

@@ -201,13 +201,13 @@ def test_baselines_through_the_backtest_and_outputs(tmp_path):
 
 def _small_mqcnn_backtest(rungs: list[str], **config: object):
     """The MQ-CNN ``rungs`` fitted for 2 s each and scored at 2 origins, every one leak-checked."""
-    from state.feedback import replay_feedback
+    from state.feedback import feedback_steps
 
     h = seasonal_history(n_items=12, n_days=100, late_first=None, price=None)
     cfg = BacktestConfig(
         quantiles=Q, horizons=7, n_origins=2, spacing=7, max_seconds_per_rung=2.0, leak_check="all", **config
     )
-    forecasters = build_forecasters(rungs, h, cfg, replay_feedback)
+    forecasters = build_forecasters(rungs, h, cfg, feedback_steps)
     return forecasters, run_backtest(h, forecasters, cfg, progress=False)
 
 
@@ -216,6 +216,13 @@ def test_mqcnn_rungs_run_and_are_causal():
     assert [r.name for r in result.rungs] == ["mqcnn", "mqcnn-feedback"]
     assert all(np.isfinite(r.wql) for r in result.rungs)
     assert all(f.report["config"]["ema_decay"] == 0.9 for f in forecasters)  # the flag reached training
+
+
+def test_feedback_rung_reading_its_previous_forecasts_runs_causally():
+    forecasters, result = _small_mqcnn_backtest(["mqcnn-feedback"], feedback_previous=True)
+    (rung,) = forecasters
+    assert rung.args.feedback_previous and rung.args.n_feedback > 6
+    assert np.isfinite(result.rungs[0].wql)
 
 
 def _write_history_csv(h: History, path) -> None:

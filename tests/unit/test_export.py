@@ -65,6 +65,21 @@ def test_scripted_attention_over_scored_buckets_equals_eager(exported_with_windo
         torch.testing.assert_close(scripted(*x), model(*x), rtol=0, atol=0)
 
 
+def test_scripted_model_reading_previous_forecasts_equals_eager(tmp_path):
+    args = ModelArgs(n_static=1, feedback_previous=True)
+    torch.manual_seed(0)
+    model = MQCNN(args).eval()
+    names = [f"fb_{i}" for i in range(args.n_feedback)]
+    meta = export_model(model, args, tmp_path / "p.pt", export_meta(features={**FEATURES, "feedback": names}))
+    assert meta["feedback_previous"] is True
+    scripted, _ = load_model(tmp_path / "p.pt")
+    x = list(window(args))
+    x[5] = x[5].abs()
+    x[5][:, 6::4] = (x[5][:, 6::4] > 0.5).float()  # seen flags: some horizons have one, some not
+    with torch.no_grad():
+        torch.testing.assert_close(scripted(*x), model(*x), rtol=0, atol=0)
+
+
 def test_scripted_model_reading_the_latest_buckets_equals_eager(tmp_path):
     args = ModelArgs(n_static=1, recent=14)
     torch.manual_seed(0)

@@ -15,8 +15,8 @@ from state.partition import PartitionState
 DAY = 86_400_000
 
 
-@pytest.mark.parametrize("window", [0, 4])
-def test_ledger_feedback_equals_training_replay(window):
+@pytest.mark.parametrize(("window", "previous"), [(0, False), (4, False), (2, True)])
+def test_ledger_feedback_equals_training_replay(window, previous):
     """Serving a history bucket by bucket gives the features the trainer computes in one pass."""
     rng = np.random.default_rng(1)
     n_items, n_days, horizons, L = 5, 30, 3, 7
@@ -34,9 +34,11 @@ def test_ledger_feedback_equals_training_replay(window):
         quantiles=quantiles,
         allowed_lateness_ms=0,
         feedback_window=window,
+        feedback_previous=previous,
     )
     s = PartitionState(cfg)
-    served = np.zeros((n_items, n_days, n_feedback_features(len(quantiles), window)), dtype=np.float32)
+    width = n_feedback_features(len(quantiles), window, horizons if previous else 0)
+    served = np.zeros((n_items, n_days, width), dtype=np.float32)
     ids = np.array([f"i{i}" for i in range(n_items)], dtype=object)
     for t in range(n_days + 1):
         if t < n_days:
@@ -51,12 +53,20 @@ def test_ledger_feedback_equals_training_replay(window):
             values = np.sort(base + rng.uniform(0, 3, (len(rows), horizons, 3)).astype(np.float32), axis=-1)
             s.record_forecasts(c.bucket, c.rows, values)
             forecasts[rows, c.bucket] = values
-    replayed = replay_feedback(forecasts, qty, observed, L, quantiles, window)
+    replayed = replay_feedback(forecasts, qty, observed, L, quantiles, window, previous=previous)
     np.testing.assert_allclose(served[:, : n_days - 1], replayed[:, : n_days - 1], rtol=1e-5, atol=1e-6)
     assert np.abs(replayed).sum() > 0
     if window:
         # Every slot of the window was filled for the items tracked from the start.
-        assert (replayed[1, -1, 6::6] == 1.0).all()
+        assert (replayed[1, -1, 6 : 6 * (1 + window) : 6] == 1.0).all()
+    if previous:
+        # Horizon h reads what the previous day forecast at h + 1; the last horizon reads nothing.
+        prev = replayed[1, -1, 6 * (1 + window) :].reshape(horizons, 4)
+        np.testing.assert_array_equal(prev[:-1, 0], 1.0)
+        np.testing.assert_array_equal(prev[:-1, 1:], forecasts[1, -2, 1:])
+        np.testing.assert_array_equal(prev[-1], 0.0)
+        # An item's first day has no previous forecast.
+        assert not replayed[3, first[3], 6 * (1 + window) :].any()
 
 
 def test_window_holds_the_newest_scored_buckets_first():
@@ -81,11 +91,17 @@ def test_window_holds_the_newest_scored_buckets_first():
     assert feedback_feature_names(quantiles, 2)[e : e + 2] == ("fb_recent1_seen", "fb_recent1_bias")
 
 
-@pytest.mark.parametrize("window", [0, 3])
-def test_model_feedback_width_follows_quantiles_and_window(window):
-    args = dataclasses.replace(ModelArgs(), quantiles=(0.05, 0.25, 0.5, 0.75, 0.95), feedback_window=window)
+@pytest.mark.parametrize(("window", "previous"), [(0, False), (3, False), (1, True)])
+def test_model_feedback_width_follows_quantiles_window_and_previous(window, previous):
+    args = dataclasses.replace(
+        ModelArgs(),
+        quantiles=(0.05, 0.25, 0.5, 0.75, 0.95),
+        feedback_window=window,
+        feedback_previous=previous,
+    )
+    h = args.horizons if previous else 0
     assert (
         args.n_feedback
-        == n_feedback_features(5, window)
-        == len(feedback_feature_names(args.quantiles, window))
+        == n_feedback_features(5, window, h)
+        == len(feedback_feature_names(args.quantiles, window, h))
     )

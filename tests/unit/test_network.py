@@ -42,8 +42,19 @@ def _model(args: ModelArgs, seed: int = 0) -> MQCNN:
         dataclasses.replace(default_args_for("D"), n_static=1, feedback_window=5),
         dataclasses.replace(default_args_for("W"), n_static=1, recent=8),
         dataclasses.replace(default_args_for("M"), recent=24),  # the whole window
+        dataclasses.replace(default_args_for("W"), n_static=1, feedback_window=2, feedback_previous=True),
     ],
-    ids=["D", "W", "M", "kernel3", "W-season", "D-feedback-window", "W-recent", "M-recent-all"],
+    ids=[
+        "D",
+        "W",
+        "M",
+        "kernel3",
+        "W-season",
+        "D-feedback-window",
+        "W-recent",
+        "M-recent-all",
+        "W-feedback-previous",
+    ],
 )
 def test_serving_forward_equals_training_pass_at_every_full_window(args):
     model = _model(args)
@@ -55,6 +66,28 @@ def test_serving_forward_equals_training_pass_at_every_full_window(args):
             w = slice(t - L + 1, t + 1)
             one = model(target[:, w], observed[:, w], past[:, w], fut[:, t], static, fb[:, t])
             torch.testing.assert_close(one, every[:, t], rtol=1e-5, atol=1e-5)
+
+
+def test_each_horizon_reads_only_its_own_previous_forecast_and_only_when_seen():
+    args = ModelArgs(context_length=30, horizons=4, dilations=(1, 2, 4), feedback_previous=True)
+    model = _model(args)
+    target, observed, past, fut, static, _ = _inputs(args, 4, args.context_length)
+    x = (target, observed, past, fut[:, -1], static)
+    e, q = 3 + len(args.quantiles), len(args.quantiles)
+    fb = torch.zeros(4, args.n_feedback)
+    prev = fb[:, e:].view(4, args.horizons, 1 + q)  # a view: writes go to fb
+    prev[:, :3, 0] = 1.0  # the last horizon never has a previous forecast
+    prev[:, :3, 1:] = torch.rand(4, 3, q).sort(dim=-1).values * 5
+    with torch.no_grad():
+        base = model(*x, fb)
+        moved = fb.clone()
+        moved.view(4, -1)[:, e + (1 + q) + 1 : e + 2 * (1 + q)] += 3.0  # horizon 2's previous quantiles
+        out = model(*x, moved)
+        changed = (out - base).abs().amax(dim=(0, 2))
+        assert changed[1] > 1e-4 and changed[[0, 2, 3]].max() == 0
+        unseen = fb.clone()
+        unseen.view(4, -1)[:, e + 3 * (1 + q) + 1 :] = 7.0  # contents behind a zero seen flag
+        torch.testing.assert_close(model(*x, unseen), base, rtol=0, atol=0)
 
 
 def test_feedback_attention_reads_scored_buckets_and_ignores_empty_slots():

@@ -22,7 +22,8 @@ from stream.service import check_model_fits
 def _export(path, seed: int, **args) -> None:
     torch.manual_seed(seed)
     margs = ModelArgs(**args)
-    feedback = list(feedback_feature_names(margs.quantiles, margs.feedback_window))
+    previous = margs.horizons if margs.feedback_previous else 0
+    feedback = list(feedback_feature_names(margs.quantiles, margs.feedback_window, previous))
     meta = {
         "freq": "D",
         "features": {"past": list(PAST_COVARIATES), "future": list(FUTURE_COVARIATES), "feedback": feedback},
@@ -98,6 +99,16 @@ def test_a_model_with_another_feedback_window_is_refused_while_serving(serving, 
     candidate = Predictor.load(other, "cpu")
     _fits(candidate.meta)  # a valid model in itself
     with pytest.raises(ModelMismatchError, match="feedback_window 0 -> 3"):
+        validate_candidate(candidate, current.meta, _fits)
+
+
+def test_a_model_reading_previous_forecasts_is_refused_while_serving_one_that_does_not(serving, tmp_path):
+    _, current = serving
+    other = tmp_path / "previous.pt"
+    _export(other, seed=1, feedback_previous=True)
+    candidate = Predictor.load(other, "cpu")
+    _fits(candidate.meta)  # a valid model in itself
+    with pytest.raises(ModelMismatchError, match="feedback_previous False -> True"):
         validate_candidate(candidate, current.meta, _fits)
 
 

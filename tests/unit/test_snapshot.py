@@ -37,7 +37,9 @@ def _cfg() -> StateConfig:
     return StateConfig(context_length=7, horizons=3, allowed_lateness_ms=3_600_000, initial_capacity=4)
 
 
-def test_snapshot_restore_continues_identically():
+@pytest.mark.parametrize("previous", [False, True])
+def test_snapshot_restore_continues_identically(previous):
+    cfg = dataclasses.replace(_cfg(), feedback_previous=previous)
     items, ms, qty, price = _stream()
     cut = 317
 
@@ -52,15 +54,18 @@ def test_snapshot_restore_continues_identically():
             for a in range(lo, hi, step)
         ]
 
-    ref = PartitionState(_cfg())
+    ref = PartitionState(cfg)
     rng = np.random.default_rng(0)
     ref_out = [x for b in batches(0, len(ms)) for x in _drive(ref, b, rng)]
 
-    first = PartitionState(_cfg())
+    first = PartitionState(cfg)
     rng = np.random.default_rng(0)
     out = [x for b in batches(0, cut) for x in _drive(first, b, rng)]
-    restored, offset = restore(snapshot(first, cut), _cfg())
+    restored, offset = restore(snapshot(first, cut), cfg)
     assert offset == cut
+    # The previous forecasts, rebuilt from the ledger, are those the state held.
+    n = first.n_items
+    np.testing.assert_array_equal(restored.ledger.feedback[:n], first.ledger.feedback[:n])
     out += [x for b in batches(cut, len(ms)) for x in _drive(restored, b, rng)]
 
     assert len(out) == len(ref_out) > 10

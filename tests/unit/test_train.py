@@ -14,16 +14,17 @@ from model.dataset import build_tensors
 from model.features import calendar_features
 from model.history import History, bucket_start_ms
 from model.metrics import weighted_quantile_loss
-from model.network import ModelArgs
+from model.network import MQCNN, ModelArgs, MQCNNEnsemble, WindowMLP
 from model.train import (
     TrainConfig,
     _split_cells,
     feedback_error_gap,
     forecast_all,
+    forecast_recurrent,
     held_out_forecasts,
     train,
 )
-from state.feedback import replay_feedback
+from state.feedback import feedback_steps, replay_feedback
 
 ARGS = ModelArgs(
     context_length=28, horizons=7, dilations=(1, 2, 4, 8), channels=16, global_hidden=32, horizon_context=8
@@ -160,6 +161,34 @@ def test_feedback_stage_trains_on_features_of_the_models_own_forecasts():
     train_cells, val_cells = _split_cells(tt, ARGS.horizons)
     gap = feedback_error_gap(forecasts, tt, train_cells, val_cells, ARGS.horizons, ARGS.quantiles)
     assert report["feedback_error_gap"] == gap and min(gap.values()) > 0
+
+
+def test_recurrent_forecasts_equal_serving_origin_by_origin_on_the_models_own_feedback():
+    """Each origin's forecast is made with the features the ledger replay builds from the model's
+    own earlier forecasts (previous forecasts and realised errors), as the service would."""
+    h = weekly_history(n_items=9, n_days=60)
+    args = dataclasses.replace(ARGS, feedback_window=2, feedback_previous=True)
+    torch.manual_seed(0)
+    model = MQCNNEnsemble([MQCNN(args), MQCNN(args), WindowMLP.from_args(args)]).eval()
+    tt = build_tensors(h, args)
+
+    ledger = (args.context_length, args.quantiles, 2)
+
+    def feedback_fn(forecasts, qty, observed):
+        return replay_feedback(forecasts, qty, observed, *ledger, previous=True)
+
+    def steps(forecasts, qty, observed):
+        return feedback_steps(forecasts, qty, observed, *ledger, previous=True)
+
+    since = 35
+    got = forecast_recurrent(model, tt, steps, since=since, batch=4)
+    full = np.full((tt.n_items, tt.n_steps, args.horizons, len(args.quantiles)), np.nan, np.float32)
+    for t in range(since, tt.n_steps):
+        fb = feedback_fn(full, tt.target, tt.observed > 0)  # features at t see forecasts before t
+        full[:, t] = forecast_all(model, tt, fb, since=t)[:, 0]
+    np.testing.assert_allclose(got, full[:, since:], rtol=1e-5, atol=1e-5)
+    plain = forecast_all(model, tt, np.zeros_like(fb), since=since)
+    assert np.nanmax(np.abs(plain - got)) > 1e-4
 
 
 def test_feedback_error_gap_scores_recent_fitted_targets_against_held_out_ones():
