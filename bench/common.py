@@ -64,11 +64,13 @@ def default_model(
     ensemble: int = 1,
     window_member: int = 0,
     static_columns: int = 0,
+    feedback_previous: bool = False,
 ) -> Path:
     """An untrained default daily model exported like a trained one (speed does not depend on weights);
     ``feedback_window`` overrides the default's, ``ensemble`` makes it an ensemble of that many
     networks, ``window_member`` adds a feed-forward window member of that width, ``static_columns``
-    gives it that many static columns (``static_0``, ...)."""
+    gives it that many static columns (``static_0``, ...), ``feedback_previous`` makes its decoder
+    read the previous forecasts (as weekly models do)."""
     import dataclasses
 
     from model.export import export_model
@@ -79,7 +81,13 @@ def default_model(
     args = default_args_for("D")
     if feedback_window is not None:
         args = dataclasses.replace(args, feedback_window=feedback_window)
-    args = dataclasses.replace(args, ensemble=ensemble, window_member=window_member, n_static=static_columns)
+    args = dataclasses.replace(
+        args,
+        ensemble=ensemble,
+        window_member=window_member,
+        n_static=static_columns,
+        feedback_previous=feedback_previous,
+    )
     path = tmp / "bench-model.pt"
     meta = {
         "freq": "D",

@@ -203,9 +203,12 @@ def run(
     ensemble: int = 1,
     window_member: int = 0,
     static_columns: int = 0,
+    feedback_previous: bool = False,
 ) -> list[tuple[str, str]]:
     with tempfile.TemporaryDirectory() as tmp:
-        path = default_model(Path(tmp), feedback_window, ensemble, window_member, static_columns)
+        path = default_model(
+            Path(tmp), feedback_window, ensemble, window_member, static_columns, feedback_previous
+        )
         layouts = {p: _layouts(path, device, p) for p in precisions}
     first = next(iter(layouts[precisions[0]].values()))
     work = Workload(first, n_items)
@@ -213,6 +216,7 @@ def run(
     rows = [
         ("device", str(first.device)),
         ("feedback window", str(work.cfg.feedback_window)),
+        ("previous forecasts as decoder inputs", "yes" if work.cfg.feedback_previous else "no"),
         ("networks averaged (ensemble)", str(ensemble)),
         ("feed-forward window member (hidden width, 0: none)", str(window_member)),
         ("static columns (every item has attributes)", str(static_columns)),
@@ -282,6 +286,12 @@ def main(argv: list[str] | None = None) -> None:
         default=0,
         help="static columns of the model (store, category, ...), every item with attributes (default: 0)",
     )
+    p.add_argument(
+        "--feedback-previous",
+        action="store_true",
+        help="the model's decoder reads each horizon's previous forecast, as weekly models do "
+        "(default: off, as daily models)",
+    )
     a = p.parse_args(argv)
     sizes = [int(x) for x in a.batch_sizes.split(",")]
     rows = run(
@@ -294,6 +304,7 @@ def main(argv: list[str] | None = None) -> None:
         a.ensemble,
         a.window_member,
         a.static_columns,
+        a.feedback_previous,
     )
     print(table(rows, f"Inference ({machine()}, {torch.get_num_threads()} threads)"))
 
