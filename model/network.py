@@ -136,8 +136,8 @@ def default_args_for(freq: str) -> ModelArgs:
         # networks; a week's bucket closes once a week, so the second forward costs little. The
         # window member on top: lower wQL in five backtest pairs of six (0.5-4%) and lower
         # volatility in all six (README, "A feed-forward member"). The previous forecasts as decoder
-        # inputs: in two backtest pairs wQL 0.0591 / 0.0585 against 0.0604 / 0.0589 and volatility
-        # 0.0210 / 0.0207 against 0.0221 / 0.0222 (README, "Previous forecasts").
+        # inputs: lower wQL in three backtest pairs of three (0.7-2.2%), lower volatility in two
+        # (README, "Previous forecasts").
         return ModelArgs(
             context_length=52,
             horizons=8,
