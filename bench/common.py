@@ -76,7 +76,7 @@ def default_model(
     from model.export import export_model
     from model.features import FUTURE_COVARIATES, PAST_COVARIATES
     from model.network import build_network, default_args_for
-    from state.feedback import feedback_feature_names
+    from stream.training import feedback_names
 
     args = default_args_for("D")
     if feedback_window is not None:
@@ -94,11 +94,7 @@ def default_model(
         "features": {
             "past": list(PAST_COVARIATES),
             "future": list(FUTURE_COVARIATES),
-            "feedback": list(
-                feedback_feature_names(
-                    args.quantiles, args.feedback_window, args.horizons if args.feedback_previous else 0
-                )
-            ),
+            "feedback": feedback_names(args),
         },
         "static_columns": [f"static_{k}" for k in range(static_columns)],
     }

@@ -1038,23 +1038,12 @@ class MQCNNForecaster:
     def _feedback_steps(self):
         """The injected recurrence with this model's arguments: ``(forecasts, qty, observed) ->``
         each origin's features in turn."""
+        from model.train import feedback_for
+
         if self.feedback_replay is None:
             return None
-        replay, args = self.feedback_replay, self.args
-        assert args is not None
-
-        def steps(forecasts: np.ndarray, qty: np.ndarray, observed: np.ndarray) -> Iterator[np.ndarray]:
-            return replay(
-                forecasts,
-                qty,
-                observed,
-                args.context_length,
-                args.quantiles,
-                args.feedback_window,
-                previous=args.feedback_previous,
-            )
-
-        return steps
+        assert self.args is not None
+        return feedback_for(self.feedback_replay, self.args)
 
     def _feedback_fn(self):
         """The recurrence over a whole history at once, [N, T, F], as training takes it."""

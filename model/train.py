@@ -19,6 +19,7 @@ import math
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
+from typing import TypeVar
 
 import numpy as np
 import torch
@@ -47,6 +48,29 @@ FeedbackFn = Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray]
 #: ``(forecasts [N,T,H,Q], qty [N,T], observed [N,T]) ->`` the feedback features [N, F] of each
 #: origin in turn, reading ``forecasts`` lazily (``state.feedback.feedback_steps``).
 FeedbackSteps = Callable[[np.ndarray, np.ndarray, np.ndarray], Iterator[np.ndarray]]
+_Out = TypeVar("_Out")
+
+
+def feedback_for(
+    replay: Callable[..., _Out], args: ModelArgs
+) -> Callable[[np.ndarray, np.ndarray, np.ndarray], _Out]:
+    """The serving ledger's recurrence ``replay`` (``state.feedback.replay_feedback``, or
+    ``feedback_steps`` one origin at a time) bound to the feedback layout of ``args``:
+    ``(forecasts, qty, observed) ->`` what ``replay`` returns (a :data:`FeedbackFn` or a
+    :data:`FeedbackSteps`)."""
+
+    def bound(forecasts: np.ndarray, qty: np.ndarray, observed: np.ndarray) -> _Out:
+        return replay(
+            forecasts,
+            qty,
+            observed,
+            args.context_length,
+            args.quantiles,
+            args.feedback_window,
+            previous=args.feedback_previous,
+        )
+
+    return bound
 
 
 @dataclass(frozen=True)

@@ -11,6 +11,7 @@ import argparse
 import dataclasses
 import logging
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -19,7 +20,17 @@ from model.history import History, dates_to_buckets, read_history
 from state.feedback import feedback_feature_names, replay_feedback
 from stream.errors import MqcastError
 
+if TYPE_CHECKING:
+    from model.network import ModelArgs
+
 log = logging.getLogger("mqcast.train")
+
+
+def feedback_names(args: ModelArgs) -> list[str]:
+    """The names of a model's feedback input columns, as its artefact's metadata lists them and
+    the service checks them (``stream.service.check_model_fits``)."""
+    previous = args.horizons if args.feedback_previous else 0
+    return list(feedback_feature_names(args.quantiles, args.feedback_window, previous))
 
 
 def cut_history(history: History, until: str | None) -> History:
@@ -64,7 +75,7 @@ def train_artifact(
 
     from model.export import export_model
     from model.network import default_args_for
-    from model.train import TrainConfig, train
+    from model.train import TrainConfig, feedback_for, train
 
     args = default_args_for(history.freq)
     overrides: dict[str, object] = {"quantiles": tuple(quantiles), "n_static": len(history.static)}
@@ -101,18 +112,9 @@ def train_artifact(
     )
     cfg = dataclasses.replace(cfg, **changes)
 
-    def feedback_fn(forecasts: np.ndarray, qty: np.ndarray, observed: np.ndarray) -> np.ndarray:
-        return replay_feedback(
-            forecasts,
-            qty,
-            observed,
-            args.context_length,
-            args.quantiles,
-            args.feedback_window,
-            previous=args.feedback_previous,
-        )
-
-    model, report = train(history, args, cfg, feedback_fn=feedback_fn, progress=progress)
+    model, report = train(
+        history, args, cfg, feedback_fn=feedback_for(replay_feedback, args), progress=progress
+    )
     meta = {
         "freq": history.freq,
         "quantiles": list(args.quantiles),
@@ -121,11 +123,7 @@ def train_artifact(
         "features": {
             "past": list(PAST_COVARIATES),
             "future": list(FUTURE_COVARIATES),
-            "feedback": list(
-                feedback_feature_names(
-                    args.quantiles, args.feedback_window, args.horizons if args.feedback_previous else 0
-                )
-            ),
+            "feedback": feedback_names(args),
         },
         "static_columns": list(history.static),
         "train_data": {

@@ -11,19 +11,18 @@ import torch
 from model.export import export_model
 from model.features import FUTURE_COVARIATES, PAST_COVARIATES
 from model.network import ModelArgs, build_network
-from state.feedback import feedback_feature_names
 from stream.config import ReloadConfig, ServiceConfig
 from stream.errors import ModelMismatchError
 from stream.inference import Predictor
 from stream.reload import ModelWatcher, resolve_model_path, validate_candidate
 from stream.service import check_model_fits
+from stream.training import feedback_names
 
 
 def _export(path, seed: int, **args) -> None:
     torch.manual_seed(seed)
     margs = ModelArgs(**args)
-    previous = margs.horizons if margs.feedback_previous else 0
-    feedback = list(feedback_feature_names(margs.quantiles, margs.feedback_window, previous))
+    feedback = feedback_names(margs)
     meta = {
         "freq": "D",
         "features": {"past": list(PAST_COVARIATES), "future": list(FUTURE_COVARIATES), "feedback": feedback},
