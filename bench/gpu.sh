@@ -32,8 +32,8 @@ step() {
 if command -v nvidia-smi >/dev/null; then
     nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv | tee "$out/gpu.txt"
 fi
-step tests "$py" -m pytest -q -p no:cacheprovider tests/unit/test_export.py tests/unit/test_network.py \
-    tests/unit/test_pipeline.py tests/unit/test_ensemble.py -k "cuda or precision"
+# Every test that needs a GPU has cuda or gpu in its name (tests/unit/test_gpu_script.py checks it).
+step tests "$py" -m pytest -q -p no:cacheprovider tests/unit -k "cuda or gpu or precision"
 step inference "$py" -m bench inference --device "$device" --items "$items" --batch-sizes "$batches" \
     --precisions fp32,bf16,fp16 --seconds 1
 step ensemble "$py" -m bench inference --device "$device" --items "$items" --batch-sizes "${batches##*,}" \

@@ -584,6 +584,9 @@ class WindowMLP(nn.Module):
         n_future_cov: int = len(FUTURE_COVARIATES),
     ) -> None:
         super().__init__()
+        if hidden < 1:
+            # A zero width would build a member whose output ignores its inputs, silently.
+            raise ValueError(f"a window member needs hidden layers at least 1 wide, got {hidden}")
         self.context_length = context_length
         self.horizons = horizons
         self.n_quantiles = n_quantiles

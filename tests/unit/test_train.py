@@ -167,7 +167,7 @@ def test_recurrent_forecasts_equal_serving_origin_by_origin_on_the_models_own_fe
     """Each origin's forecast is made with the features the ledger replay builds from the model's
     own earlier forecasts (previous forecasts and realised errors), as the service would."""
     h = weekly_history(n_items=9, n_days=60)
-    args = dataclasses.replace(ARGS, feedback_window=2, feedback_previous=True)
+    args = dataclasses.replace(ARGS, feedback_window=2, feedback_previous=True, window_member=16)
     torch.manual_seed(0)
     model = MQCNNEnsemble([MQCNN(args), MQCNN(args), WindowMLP.from_args(args)]).eval()
     tt = build_tensors(h, args)

@@ -55,6 +55,11 @@ def test_window_member_joins_the_ensemble_as_one_more_member():
         ModelArgs(window_member=-1)
 
 
+def test_a_window_member_without_hidden_width_is_refused():
+    with pytest.raises(ValueError, match="at least 1 wide"):
+        WindowMLP.from_args(dataclasses.replace(ARGS, window_member=0))
+
+
 def test_window_member_serving_forward_equals_its_forecast_at_every_step():
     member = _model().members[1]
     g = torch.Generator().manual_seed(5)
