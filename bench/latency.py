@@ -74,6 +74,11 @@ class Latencies(ServiceObserver):
     def __init__(self) -> None:
         self.values: list[float] = []
         self.steady: list[bool] = []
+        # Where each latency went (on_turn): queued before its turn, and its turn's forecasting /
+        # sending and wait for acknowledgements, one entry per latency.
+        self.queued: list[float] = []
+        self.forecast: list[float] = []
+        self.flush: list[float] = []
         self._buckets: set[int] = set()
 
     def on_forecasts(self, partition: int, closed: ClosedBucket, values: np.ndarray) -> None:
@@ -82,6 +87,11 @@ class Latencies(ServiceObserver):
     def on_published(self, latencies_s: list[float], rows: int) -> None:
         self.values.extend(latencies_s)
         self.steady.extend([len(self._buckets) > 1] * len(latencies_s))
+
+    def on_turn(self, queued_s: list[float], forecast_s: float, flush_s: float) -> None:
+        self.queued.extend(queued_s)
+        self.forecast.extend([forecast_s] * len(queued_s))
+        self.flush.extend([flush_s] * len(queued_s))
 
 
 def _write_events(path: Path, items: int, days: int) -> int:
@@ -119,7 +129,8 @@ def _member(cfg: ServiceConfig, threads: int, go: Event, stop: Event, results: m
             first, last = first or time.monotonic(), time.monotonic()
     service.close()
     stats = service.stats
-    results.put((obs.values, stats.events, stats.forecasts, first, last, pauses.passes, obs.steady))
+    phases = (obs.queued, obs.forecast, obs.flush)
+    results.put((obs.values, stats.events, stats.forecasts, first, last, pauses.passes, obs.steady, phases))
 
 
 def run(
@@ -206,6 +217,9 @@ def run(
         floor_ms = _bare_producer_ms(bootstrap, kafka.forecast_topic, items, _forecast_message(model))
     lat = np.concatenate([np.asarray(r[0], dtype=np.float64) for r in reports]) * 1000
     steady = lat[np.concatenate([np.asarray(r[6], dtype=bool) for r in reports])]
+    queued, forecast, flush = (
+        np.concatenate([np.asarray(r[7][k], dtype=np.float64) for r in reports]) * 1000 for k in range(3)
+    )
     passes = [p for r in reports for p in r[5]]
     full = sorted((sec * 1000 for gen, sec in passes if gen == 2), reverse=True)
     longest = ", longest " + ", ".join(f"{x:.0f}" for x in full[:5]) + " ms" if full else ""
@@ -237,6 +251,13 @@ def run(
             f"{np.percentile(steady, 99):.0f} ms over {steady.size} requests"
             if steady.size
             else "no request after the first day",
+        ),
+        (
+            "where it went, p50 / p99: queued before its turn; the turn forecasting and sending; "
+            "waiting for acks",
+            f"{np.percentile(queued, 50):.0f} / {np.percentile(queued, 99):.0f}; "
+            f"{np.percentile(forecast, 50):.0f} / {np.percentile(forecast, 99):.0f}; "
+            f"{np.percentile(flush, 50):.0f} / {np.percentile(flush, 99):.0f} ms",
         ),
         (
             "garbage collector during the load, all members",

@@ -22,3 +22,9 @@ class ServiceObserver:
 
     def on_published(self, latencies_s: list[float], rows: int) -> None:
         """A micro-batch was acknowledged: seconds from each of its buckets closing, and its size."""
+
+    def on_turn(self, queued_s: list[float], forecast_s: float, flush_s: float) -> None:
+        """Where a published micro-batch's latency went: for each of its buckets (in the order of
+        ``on_published``'s latencies), seconds from closing to the batch's start; then seconds
+        spent forecasting and handing messages to the producer, and seconds waiting for the
+        broker's last acknowledgements."""

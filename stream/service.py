@@ -472,6 +472,7 @@ class ForecastService:
         """
         if not requests:
             return 0
+        started = self.clock()
         horizons = self.state_cfg.horizons
         # Assembled a model batch at a time, as the model asks for them (forecast_pipelined).
         batch = PendingInputs([r.closed for r in requests], self.state_cfg.freq, horizons, self.statics)
@@ -516,6 +517,7 @@ class ForecastService:
             # both ways alternated in one process).
             prepare=encode if self.predictor.prepares_on_workers else None,
         )
+        handed = self.clock()
         self.publisher.flush()
         done = self.clock()
         published = sum(r.rows for r in requests if r.publish)
@@ -525,6 +527,9 @@ class ForecastService:
         for lat in latencies:
             self.metrics.end_to_end_seconds.observe(lat)
         self.observer.on_published(latencies, published)
+        if latencies:
+            queued = [max(0.0, started - r.closed_at) for r in requests if r.publish]
+            self.observer.on_turn(queued, handed - started, done - handed)
         self.metrics.forecasts_published.inc(published)
         if published:
             self.metrics.last_forecast_timestamp.set(time.time())

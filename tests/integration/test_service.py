@@ -113,12 +113,27 @@ class Capture(ServiceObserver):
             self.feedback.setdefault(item, []).append((closed.bucket, closed.feedback[i].copy()))
 
 
+class Phases(ServiceObserver):
+    """Each published request's latency beside where its turn says the time went."""
+
+    def __init__(self) -> None:
+        self.latencies: list[float] = []
+        self.turns: list[tuple[float, float, float]] = []  # (queued, forecast, flush) per latency
+
+    def on_published(self, latencies_s: list[float], rows: int) -> None:
+        self.latencies.extend(latencies_s)
+
+    def on_turn(self, queued_s: list[float], forecast_s: float, flush_s: float) -> None:
+        self.turns.extend((q, forecast_s, flush_s) for q in queued_s)
+
+
 def test_events_in_forecasts_out_with_keys_and_shapes(bootstrap, topics, tiny_model):
     items = [f"sku-{i}" for i in range(6)]
     _produce(bootstrap, topics["sales"], _events(items, days=8))
     predictor = Predictor.load(tiny_model, "cpu")
+    phases = Phases()
     service = ForecastService(
-        _config(bootstrap, topics, tiny_model, "g-shapes"), predictor, CollectorRegistry()
+        _config(bootstrap, topics, tiny_model, "g-shapes"), predictor, CollectorRegistry(), observer=phases
     )
     try:
         # 8 days of events close 7 days in every partition that holds items.
@@ -143,6 +158,12 @@ def test_events_in_forecasts_out_with_keys_and_shapes(bootstrap, topics, tiny_mo
         assert (msg["origin_ms"] - T0) % DAY == 0
     origins = {(orjson.loads(r.value)["item_id"], orjson.loads(r.value)["origin_ms"]) for r in records}
     assert len(origins) == len(records)  # one forecast per item and origin
+    # Every latency splits into its wait for a turn, then at most the turn's forecasting and its
+    # wait for acknowledgements (the last ack may come before the flush returns, not after).
+    assert phases.latencies and len(phases.turns) == len(phases.latencies)
+    for latency, (queued, forecast, flush) in zip(phases.latencies, phases.turns, strict=True):
+        assert queued >= 0 and forecast > 0 and flush >= 0
+        assert queued <= latency <= queued + forecast + flush + 1e-9
 
 
 def test_bad_events_go_to_dead_letters_and_the_service_keeps_going(bootstrap, topics, tiny_model):
