@@ -74,6 +74,20 @@ class ServiceMetrics:
             buckets=_LATENCY_BUCKETS,
             registry=registry,
         )
+        # The two parts of the end-to-end latency that are not the model's: a bucket waiting for
+        # its turn (the micro-batch delay, a backlog) and the turn waiting for the broker.
+        self.turn_wait_seconds = Histogram(
+            "mqcast_turn_wait_seconds",
+            "From a bucket closing to the start of the forecast turn that takes it.",
+            buckets=_LATENCY_BUCKETS,
+            registry=registry,
+        )
+        self.ack_wait_seconds = Histogram(
+            "mqcast_ack_wait_seconds",
+            "Per forecast turn, from its last message handed to the producer to the broker's last ack.",
+            buckets=_LATENCY_BUCKETS,
+            registry=registry,
+        )
         self.forecasts_published = Counter(
             "mqcast_forecasts_published", "Item forecasts acknowledged by the broker.", registry=registry
         )

@@ -529,6 +529,9 @@ class ForecastService:
         self.observer.on_published(latencies, published)
         if latencies:
             queued = [max(0.0, started - r.closed_at) for r in requests if r.publish]
+            for wait in queued:
+                self.metrics.turn_wait_seconds.observe(wait)
+            self.metrics.ack_wait_seconds.observe(done - handed)
             self.observer.on_turn(queued, handed - started, done - handed)
         self.metrics.forecasts_published.inc(published)
         if published:

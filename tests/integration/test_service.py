@@ -119,12 +119,14 @@ class Phases(ServiceObserver):
     def __init__(self) -> None:
         self.latencies: list[float] = []
         self.turns: list[tuple[float, float, float]] = []  # (queued, forecast, flush) per latency
+        self.calls = 0
 
     def on_published(self, latencies_s: list[float], rows: int) -> None:
         self.latencies.extend(latencies_s)
 
     def on_turn(self, queued_s: list[float], forecast_s: float, flush_s: float) -> None:
         self.turns.extend((q, forecast_s, flush_s) for q in queued_s)
+        self.calls += 1
 
 
 def test_events_in_forecasts_out_with_keys_and_shapes(bootstrap, topics, tiny_model):
@@ -132,8 +134,9 @@ def test_events_in_forecasts_out_with_keys_and_shapes(bootstrap, topics, tiny_mo
     _produce(bootstrap, topics["sales"], _events(items, days=8))
     predictor = Predictor.load(tiny_model, "cpu")
     phases = Phases()
+    registry = CollectorRegistry()
     service = ForecastService(
-        _config(bootstrap, topics, tiny_model, "g-shapes"), predictor, CollectorRegistry(), observer=phases
+        _config(bootstrap, topics, tiny_model, "g-shapes"), predictor, registry, observer=phases
     )
     try:
         # 8 days of events close 7 days in every partition that holds items.
@@ -164,6 +167,11 @@ def test_events_in_forecasts_out_with_keys_and_shapes(bootstrap, topics, tiny_mo
     for latency, (queued, forecast, flush) in zip(phases.latencies, phases.turns, strict=True):
         assert queued >= 0 and forecast > 0 and flush >= 0
         assert queued <= latency <= queued + forecast + flush + 1e-9
+    # The same parts go to Prometheus: one wait per published bucket, one ack wait per turn.
+    assert registry.get_sample_value("mqcast_turn_wait_seconds_count") == len(phases.latencies)
+    waits = registry.get_sample_value("mqcast_turn_wait_seconds_sum")
+    assert waits == pytest.approx(sum(q for q, _, _ in phases.turns))
+    assert registry.get_sample_value("mqcast_ack_wait_seconds_count") == phases.calls >= 1
 
 
 def test_bad_events_go_to_dead_letters_and_the_service_keeps_going(bootstrap, topics, tiny_model):
