@@ -520,15 +520,15 @@ class ForecastService:
         handed = self.clock()
         self.publisher.flush()
         done = self.clock()
-        published = sum(r.rows for r in requests if r.publish)
-        latencies = [
-            max(0.0, max(acked.get(i) or [done]) - r.closed_at) for i, r in enumerate(requests) if r.publish
-        ]
+        # The published requests, once, so that the latencies and their parts pair up in order.
+        sent = [(i, r) for i, r in enumerate(requests) if r.publish]
+        published = sum(r.rows for _, r in sent)
+        latencies = [max(0.0, max(acked.get(i) or [done]) - r.closed_at) for i, r in sent]
         for lat in latencies:
             self.metrics.end_to_end_seconds.observe(lat)
         self.observer.on_published(latencies, published)
-        if latencies:
-            queued = [max(0.0, started - r.closed_at) for r in requests if r.publish]
+        if sent:
+            queued = [max(0.0, started - r.closed_at) for _, r in sent]
             for wait in queued:
                 self.metrics.turn_wait_seconds.observe(wait)
             self.metrics.ack_wait_seconds.observe(done - handed)
