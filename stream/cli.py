@@ -405,6 +405,10 @@ def parse_command_line(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``mqcast``."""
     args = parse_command_line(argv)
+    # Before torch or numpy allocate anything: every subcommand runs the model in batches.
+    from stream.allocator import keep_freed_memory
+
+    keep_freed_memory()
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",

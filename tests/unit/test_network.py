@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from model.network import MQCNN, ModelArgs, default_args_for, input_spec
+from model.network import MQCNN, ModelArgs, default_args_for, input_spec, running_max
 from state.feedback import item_scale
 
 
@@ -274,3 +274,29 @@ def test_the_decoder_reads_the_latest_buckets_directly():
         model.global_mlp[0].weight[:, args.channels : args.channels + args.recent] = 0.0
         without = model(target, observed, past, fut[:, -1], static, fb[:, -1])
     assert not torch.allclose(base, without)
+
+
+def test_running_max_is_cummax_of_the_quantiles():
+    x = torch.randn(64, 14, 5)
+    x[:, :, 2] = x[:, :, 1]  # ties
+    assert torch.equal(running_max(x), torch.cummax(x, dim=-1).values)
+    assert torch.equal(running_max(x[..., :1]), x[..., :1])
+
+
+@pytest.mark.parametrize("training", [False, True])
+def test_local_decoder_layers_are_the_plain_layers_over_every_horizons_inputs(training):
+    """The decoder computes the agnostic context's share of the local layer once per forecast and
+    the last layer the other way round; both must be the layers as declared, over the inputs each
+    horizon reads ([its context, the agnostic context, the rest])."""
+    args = dataclasses.replace(default_args_for("D"), feedback_window=3, feedback_previous=True)
+    model = _model(args).train(training)
+    n, h = 16, args.horizons
+    g = torch.Generator().manual_seed(1)
+    ctx = torch.randn(n, h, args.horizon_context, generator=g)
+    agnostic = torch.randn(n, args.agnostic_context, generator=g)
+    width = model.local_mlp[0].in_features - args.horizon_context - args.agnostic_context
+    rest = torch.randn(n, h, width, generator=g)
+    declared = model.local_mlp[:2](torch.cat([ctx, agnostic.unsqueeze(1).expand(-1, h, -1), rest], dim=-1))
+    hidden = model._local_hidden(torch.cat([ctx, rest], dim=-1), agnostic)
+    torch.testing.assert_close(hidden, declared, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(model._local_out(hidden), model.local_mlp[2](hidden), rtol=1e-5, atol=1e-5)
