@@ -484,8 +484,8 @@ class MQCNN(nn.Module):
         each horizon: per_horizon [N,H,D] (the horizon's context, then the rest), agnostic [N,A]
         -> [N,H,hidden]. The agnostic context is the same for every horizon, so its share of the
         layer is computed once per forecast and added to each horizon's, rather than copied into
-        H rows and multiplied H times: the same map, at a third of the layer's cost for the daily
-        default."""
+        H rows and multiplied H times: the same map, at 45% of the layer's multiplications for
+        the daily default (14 horizons of 22 inputs and one of 32, against 14 of 54)."""
         first = self.local_mlp[0]
         a, b = self.horizon_context, self.horizon_context + self.agnostic_context
         shared = F.linear(agnostic, first.weight[:, a:b], first.bias)
