@@ -29,17 +29,31 @@ MMAP_THRESHOLD = 32 * 1024 * 1024
 TRIM_THRESHOLD = 512 * 1024 * 1024
 
 
-def keep_freed_memory() -> bool:
-    """Raise glibc's mmap and trim thresholds for this process (see the module docstring); returns
-    whether it did: False on other platforms and C libraries, where nothing changes."""
+def _glibc() -> ctypes.CDLL | None:
+    """This process's C library if it is glibc, else None."""
     if not sys.platform.startswith("linux"):
-        return False
+        return None
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
         libc.gnu_get_libc_version  # noqa: B018 - only glibc has it; musl's mallopt does nothing
-        mallopt = libc.mallopt
+        libc.mallopt  # noqa: B018
     except (OSError, AttributeError):
+        return None
+    return libc
+
+
+def is_glibc() -> bool:
+    """Whether this process runs on glibc, the C library whose thresholds the setting raises."""
+    return _glibc() is not None
+
+
+def keep_freed_memory() -> bool:
+    """Raise glibc's mmap and trim thresholds for this process (see the module docstring); returns
+    whether it did: False on other platforms and C libraries, where nothing changes."""
+    libc = _glibc()
+    if libc is None:
         return False
+    mallopt = libc.mallopt
     mallopt.argtypes = (ctypes.c_int, ctypes.c_int)
     mallopt.restype = ctypes.c_int
     mapped = mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD)

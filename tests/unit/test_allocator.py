@@ -8,7 +8,7 @@ import textwrap
 
 import pytest
 
-from stream.allocator import keep_freed_memory
+from stream.allocator import is_glibc, keep_freed_memory
 
 # Counts the minor page faults of 20 forwards of the daily default network over 1,024 items, after
 # 25 of warm-up, in a fresh process (the setting is process-wide and a fault count needs a clean start).
@@ -44,17 +44,7 @@ def _faults_per_forward(mode: str) -> float:
     return float(out.stdout.split()[-1])
 
 
-def _glibc() -> bool:
-    import ctypes
-
-    try:
-        ctypes.CDLL(None).gnu_get_libc_version  # noqa: B018
-    except (OSError, AttributeError):
-        return False
-    return sys.platform.startswith("linux")
-
-
-@pytest.mark.skipif(not _glibc(), reason="the setting is glibc's")
+@pytest.mark.skipif(not is_glibc(), reason="the setting is glibc's")
 def test_model_batches_fault_no_memory_in_once_freed_memory_is_kept() -> None:
     kept = _faults_per_forward("keep")
     # A forward's tensors come back from the heap: none of its ~40 blocks faults in a page again.
@@ -63,6 +53,6 @@ def test_model_batches_fault_no_memory_in_once_freed_memory_is_kept() -> None:
     assert kept < 5, f"{kept} page faults per forward with freed memory kept"
 
 
-@pytest.mark.skipif(not _glibc(), reason="the setting is glibc's")
+@pytest.mark.skipif(not is_glibc(), reason="the setting is glibc's")
 def test_keep_freed_memory_reports_that_glibc_took_the_setting() -> None:
     assert keep_freed_memory() is True
