@@ -39,7 +39,14 @@ from torch import nn
 from tqdm import tqdm
 
 from model.averaging import WeightAverage, averaged
-from model.features import calendar_features, log_price, static_ids
+from model.features import (
+    DAY_OF_MONTH,
+    calendar_features,
+    day_of_month_helps,
+    log_price,
+    silent_calendar,
+    static_ids,
+)
 from model.history import History, bucket_start_ms
 from model.network import WindowMLP
 
@@ -511,7 +518,7 @@ class _Panel:
         )
 
     def calendar(self, cols: np.ndarray) -> np.ndarray:
-        """Calendar features of columns (any shape, may run past the data), [..., 6]."""
+        """Calendar features of columns (any shape, may run past the data), [..., C]."""
         return calendar_features(bucket_start_ms(self.first_bucket + cols, self.freq))
 
     def window(self, items: np.ndarray, origins: np.ndarray, length: int) -> tuple[np.ndarray, np.ndarray]:
@@ -791,9 +798,15 @@ class FeedForward:
         static_dim: int = 8,
         progress: bool = False,
         device: str | torch.device = "cpu",
+        day_of_month: str = "auto",
     ) -> None:
+        if day_of_month not in ("auto", "on", "off"):
+            raise ValueError(f"day_of_month must be 'auto', 'on' or 'off', got {day_of_month!r}")
         self.spec = spec
         self.device = torch.device(device)
+        # As the MQ-CNN's (``TrainConfig.day_of_month``): "auto" reads the day of the month for
+        # weekly and monthly buckets only.
+        self.day_of_month = day_of_month
         self.hidden = hidden
         self.static_dim = static_dim
         self.progress = progress
@@ -861,7 +874,14 @@ class FeedForward:
             self.vocab,
             self.hidden,
             self.static_dim,
-        ).to(self.device)
+        )
+        # Calendar columns no training target moves (Easter's, without one in the history) would
+        # otherwise keep their random initial weights and fire first in serving.
+        ignored = silent_calendar(bucket_start_ms(panel.first_bucket + np.arange(until), panel.freq))
+        if self.day_of_month == "off" or (self.day_of_month == "auto" and not day_of_month_helps(panel.freq)):
+            ignored += DAY_OF_MONTH
+        self.net.ignore_calendar(ignored)
+        self.net.to(self.device)
         opt = torch.optim.AdamW(self.net.parameters(), lr=self.lr, weight_decay=self.weight_decay)
         average = WeightAverage(self.net, self.ema_decay) if self.ema_decay > 0 else None
         # A constant normaliser (mean |y| per window) keeps the loss scale fixed across batches.

@@ -19,44 +19,101 @@ CALENDAR_FEATURES = (
     "dow_cos",
     "doy_sin",
     "doy_cos",
+    "dom_sin",
+    "dom_cos",
+    "easter_before",
+    "easter_after",
 )
+#: The calendar of models exported before the day of the month and Easter were covariates. Such a
+#: model still serves: the service computes the columns its metadata names.
+CALENDAR_FEATURES_V1 = CALENDAR_FEATURES[:6]
 #: Columns of the past covariates: the calendar plus the (log) price.
 PAST_COVARIATES = (*CALENDAR_FEATURES, "log_price")
 #: Known future covariates: the calendar of the target bucket.
 FUTURE_COVARIATES = CALENDAR_FEATURES
 
+#: The covariates of the yearly cycle.
+DAY_OF_YEAR = ("doy_sin", "doy_cos")
+#: The covariates of the monthly cycle.
+DAY_OF_MONTH = ("dom_sin", "dom_cos")
+#: The covariates of the weeks around Easter.
+EASTER = ("easter_before", "easter_after")
+
+
+def day_of_month_helps(freq: str) -> bool:
+    """Whether models of ``freq`` buckets read the day of the month by default: weekly and monthly
+    ones. With Easter's covariates, on Walmart's weekly sales it took the feedback rung's wQL from
+    0.0576 / 0.0592 to 0.0571 / 0.0566 (seeds 0 / 1); on daily retail it made the MQ-CNN's 0.4-0.6%
+    worse and its forecasts 18-35% more volatile. Hourly data follows daily, untested."""
+    return freq in ("W", "M")
+
+
+#: Days before and after Easter Sunday over which its covariates fall from 1 to 0.
+EASTER_REACH_DAYS = 14
+
 _MS_PER_HOUR = 3_600_000
 _MS_PER_DAY = 86_400_000
 
 
-def calendar_features(start_ms: np.ndarray) -> np.ndarray:
-    """Cyclic calendar encoding of bucket start times, float32 [..., 6].
+def easter_sunday(years: np.ndarray) -> np.ndarray:
+    """Gregorian Easter Sunday (datetime64[D]) of each year, by the anonymous Gregorian computus."""
+    y = np.asarray(years, dtype=np.int64)
+    a, b, c = y % 19, y // 100, y % 100
+    d, e = b // 4, b % 4
+    g = (b - (b + 8) // 25 + 1) // 3
+    h = (19 * a + b - d - g + 15) % 30
+    i, k = c // 4, c % 4
+    weekday = (32 + 2 * e + 2 * i - h - k) % 7
+    m = (a + 11 * h + 22 * weekday) // 451
+    n = h + weekday - 7 * m + 114  # month * 31 + day - 1
+    month_start = (y - 1970).astype("datetime64[Y]").astype("datetime64[M]") + (n // 31 - 1)
+    return month_start.astype("datetime64[D]") + n % 31
 
-    Hour of day, day of week and day of year as sine/cosine pairs; coarse buckets simply see
-    constant values in the finer cycles.
+
+def calendar_features(start_ms: np.ndarray, columns: tuple[str, ...] = CALENDAR_FEATURES) -> np.ndarray:
+    """Calendar encoding of bucket start times, float32 [..., len(columns)] (names from
+    :data:`CALENDAR_FEATURES`, in the order given).
+
+    Hour of day, day of week, day of year and day of month as sine/cosine pairs; coarse buckets
+    simply see constant values in the finer cycles. Easter moves by up to five weeks from year to
+    year, so the day of the year cannot place it (summed over Walmart's weekly series, the week before
+    Easter 2012 sold 16.6% more than the same week of 2011): ``easter_before`` rises linearly from 0 to 1 over
+    the :data:`EASTER_REACH_DAYS` before Easter Sunday (1 on the Sunday itself, and for a bucket
+    that starts on it), ``easter_after`` falls from 1 to 0 over the days after it.
     """
+    unknown = [c for c in columns if c not in CALENDAR_FEATURES]
+    if unknown:
+        raise ValueError(f"unknown calendar columns {unknown}; known: {', '.join(CALENDAR_FEATURES)}")
     ms = np.asarray(start_ms, dtype=np.int64)
     hour = (ms // _MS_PER_HOUR) % 24
     day = ms // _MS_PER_DAY
     dow = (day + 3) % 7  # 1970-01-01 was a Thursday; 0 = Monday
-    doy = (
-        (ms.astype("datetime64[ms]") - ms.astype("datetime64[ms]").astype("datetime64[Y]"))
-        .astype("timedelta64[D]")
-        .astype(np.int64)
-    )
+    days = ms.astype("datetime64[ms]").astype("datetime64[D]")
+    year = days.astype("datetime64[Y]")
+    month = days.astype("datetime64[M]")
+    doy = (days - year.astype("datetime64[D]")).astype(np.int64)
+    dom = (days - month.astype("datetime64[D]")).astype(np.int64)
+    month_days = ((month + 1).astype("datetime64[D]") - month.astype("datetime64[D]")).astype(np.int64)
+    to_easter = (easter_sunday(year.astype(np.int64) + 1970) - days).astype(np.int64)
+    reach = float(EASTER_REACH_DAYS)
     two_pi = 2.0 * np.pi
-    out = np.stack(
-        [
-            np.sin(two_pi * hour / 24.0),
-            np.cos(two_pi * hour / 24.0),
-            np.sin(two_pi * dow / 7.0),
-            np.cos(two_pi * dow / 7.0),
-            np.sin(two_pi * doy / 365.25),
-            np.cos(two_pi * doy / 365.25),
-        ],
-        axis=-1,
-    )
+    angle = {"hour": two_pi * hour / 24.0, "dow": two_pi * dow / 7.0, "doy": two_pi * doy / 365.25}
+    angle["dom"] = two_pi * dom / month_days
+    values = {
+        "easter_before": np.where(to_easter >= 0, np.clip(1.0 - to_easter / reach, 0.0, 1.0), 0.0),
+        "easter_after": np.where(to_easter < 0, np.clip(1.0 + to_easter / reach, 0.0, 1.0), 0.0),
+    }
+    for name, a in angle.items():
+        values[f"{name}_sin"], values[f"{name}_cos"] = np.sin(a), np.cos(a)
+    out = np.stack([np.broadcast_to(values[c], ms.shape) for c in columns], axis=-1)
     return out.astype(np.float32)
+
+
+def silent_calendar(start_ms: np.ndarray, columns: tuple[str, ...] = CALENDAR_FEATURES) -> tuple[str, ...]:
+    """The ``columns`` that are zero at every one of the bucket starts ``start_ms`` (Easter's, over
+    a stretch of time without one): a network trained on those buckets learns nothing of them."""
+    values = calendar_features(start_ms, columns).reshape(-1, len(columns))
+    return tuple(c for c, moved in zip(columns, values.any(axis=0), strict=True) if not moved)
 
 
 def carry_forward(values: np.ndarray) -> np.ndarray:

@@ -657,6 +657,29 @@ class WindowMLP(nn.Module):
         # As the MQ-CNN's: cast by ``module.to(dtype)``, read to compute in that dtype.
         self.register_buffer("compute_dtype", torch.zeros(0), persistent=False)
 
+    @torch.jit.unused
+    def ignore_calendar(self, names: tuple[str, ...]) -> None:
+        """Make the member ignore the named target-calendar columns (names of ``FUTURE_COVARIATES``)
+        at every horizon: their first-layer weights are zeroed, and training keeps them at zero (their
+        gradients are zeroed too, and decay leaves a zero weight at zero), so the exported member
+        ignores them in serving as well. Columns that are zero in every training window (Easter's,
+        in a history without one) would otherwise keep their random initial weights and fire first
+        in serving."""
+        n_cov = len(FUTURE_COVARIATES)
+        if self.net[0].in_features != 2 * self.context_length + 1 + self.horizons * n_cov + (
+            self.static_dim * self.n_static
+        ):
+            raise ValueError(f"the member's calendar columns are not {list(FUTURE_COVARIATES)}")
+        first = 2 * self.context_length + 1
+        keep = torch.ones_like(self.net[0].weight)
+        for name in names:
+            col = FUTURE_COVARIATES.index(name)
+            keep[:, first + col : first + self.horizons * n_cov : n_cov] = 0.0
+        with torch.no_grad():
+            self.net[0].weight.mul_(keep)
+        if not bool(keep.all()):
+            self.net[0].weight.register_hook(lambda grad: grad * keep.to(grad.device))
+
     @classmethod
     def from_args(cls, args: ModelArgs) -> WindowMLP:
         """The member ``args.window_member`` asks for."""

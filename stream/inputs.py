@@ -8,7 +8,7 @@ from itertools import repeat
 
 import numpy as np
 
-from model.features import calendar_features, log_price, static_ids
+from model.features import CALENDAR_FEATURES, calendar_features, log_price, static_ids
 from state.buckets import bucket_start
 from state.partition import ClosedBucket
 
@@ -85,9 +85,32 @@ class StaticTable:
         return self._table[rows]
 
 
-def inputs_for(closed: ClosedBucket, freq: str, horizons: int, statics: StaticTable) -> ModelInputs:
+def calendar_columns(meta: dict) -> tuple[str, ...]:
+    """The calendar covariates a model reads, in its order: its metadata's future features, which
+    its past features repeat before the price. Models exported before a column existed name fewer.
+    Raises ValueError, saying why, for a model that names others or orders them otherwise."""
+    features = meta.get("features", {})
+    future = tuple(features.get("future", ()))
+    past = tuple(features.get("past", ()))
+    unknown = [c for c in future if c not in CALENDAR_FEATURES]
+    if unknown:
+        raise ValueError(f"the model reads calendar covariates this service does not compute: {unknown}")
+    if past != (*future, "log_price"):
+        raise ValueError(
+            f"the model's past covariates {list(past)} are not its future ones {list(future)} then log_price"
+        )
+    return future
+
+
+def inputs_for(
+    closed: ClosedBucket,
+    freq: str,
+    horizons: int,
+    statics: StaticTable,
+    calendar: tuple[str, ...] = CALENDAR_FEATURES,
+) -> ModelInputs:
     """Network inputs for every item due at one closed bucket."""
-    return PendingInputs([closed], freq, horizons, statics).slice(0, closed.rows.size)
+    return PendingInputs([closed], freq, horizons, statics, calendar).slice(0, closed.rows.size)
 
 
 class PendingInputs:
@@ -96,11 +119,17 @@ class PendingInputs:
     :meth:`slice` builds the rows a model batch needs when it is asked for, so the model starts on
     the first batch while the caller assembles the next ones, and a large bucket roll never holds
     every item's covariates at once (the past covariates alone are ``4 * L * C`` bytes per item).
-    Each bucket's calendar rows are computed once.
+    Each bucket's calendar rows are computed once, with the ``calendar`` columns the model reads
+    (:func:`calendar_columns`).
     """
 
     def __init__(
-        self, closed: Sequence[ClosedBucket], freq: str, horizons: int, statics: StaticTable
+        self,
+        closed: Sequence[ClosedBucket],
+        freq: str,
+        horizons: int,
+        statics: StaticTable,
+        calendar: tuple[str, ...] = CALENDAR_FEATURES,
     ) -> None:
         self.parts = list(closed)
         if not self.parts:
@@ -108,6 +137,7 @@ class PendingInputs:
         self.freq = freq
         self.horizons = horizons
         self.statics = statics
+        self.calendar = calendar
         self.bounds = np.concatenate([[0], np.cumsum([c.rows.size for c in self.parts], dtype=np.int64)])
         self._calendars: dict[tuple[int, int, int], tuple[np.ndarray, np.ndarray]] = {}
 
@@ -138,11 +168,11 @@ class PendingInputs:
         key = (closed.bucket, int(closed.window_buckets[0]), closed.window_buckets.size)
         cached = self._calendars.get(key)
         if cached is None:
-            past_cal = calendar_features(bucket_start(closed.window_buckets, self.freq))  # [L, C]
+            past_cal = calendar_features(bucket_start(closed.window_buckets, self.freq), self.calendar)
             future = closed.bucket + 1 + np.arange(self.horizons, dtype=np.int64)
             template = np.zeros((past_cal.shape[0], past_cal.shape[1] + 1), dtype=np.float32)
             template[:, :-1] = past_cal
-            cached = (template, calendar_features(bucket_start(future, self.freq)))
+            cached = (template, calendar_features(bucket_start(future, self.freq), self.calendar))
             self._calendars[key] = cached
         return cached
 

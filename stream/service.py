@@ -39,7 +39,7 @@ from stream.decode import TimestampCache, decode_events
 from stream.errors import ModelMismatchError, MqcastError, OffsetOrderError
 from stream.health import Health
 from stream.inference import Predictor
-from stream.inputs import PendingInputs, StaticTable
+from stream.inputs import PendingInputs, StaticTable, calendar_columns
 from stream.items import ItemAttributes
 from stream.metrics import ServiceMetrics
 from stream.observer import ServiceObserver
@@ -93,6 +93,10 @@ def check_model_fits(meta: dict, cfg: ServiceConfig) -> None:
     for key in ("context_length", "horizons"):
         if not isinstance(meta.get(key), int) or meta[key] < 1:
             problems.append(f"the model's metadata has no valid {key!r}")
+    try:
+        calendar_columns(meta)
+    except ValueError as exc:
+        problems.append(str(exc))
     if problems:
         raise ModelMismatchError("refusing the model: " + "; ".join(problems))
 
@@ -475,7 +479,13 @@ class ForecastService:
         started = self.clock()
         horizons = self.state_cfg.horizons
         # Assembled a model batch at a time, as the model asks for them (forecast_pipelined).
-        batch = PendingInputs([r.closed for r in requests], self.state_cfg.freq, horizons, self.statics)
+        batch = PendingInputs(
+            [r.closed for r in requests],
+            self.state_cfg.freq,
+            horizons,
+            self.statics,
+            calendar_columns(self.predictor.meta),
+        )
         out = np.empty((batch.rows, horizons, len(self.state_cfg.quantiles)), dtype=np.float32)
         produced_ms = int(time.time() * 1000)
         acked: dict[int, list[float]] = {}  # request -> when each of its output partitions was acked

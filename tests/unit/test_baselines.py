@@ -21,6 +21,7 @@ from model.baselines import (
     masked_quantiles,
     rolling_scale,
 )
+from model.features import FUTURE_COVARIATES
 from model.history import History
 from model.network import WindowMLP
 
@@ -184,7 +185,13 @@ def test_feed_forward_quantiles_below_zero_are_zero_served_but_trained_on():
     net = WindowMLP(context_length=8, horizons=3, n_quantiles=3, n_static=0, vocab=4, hidden=16)
     with torch.no_grad():
         net.net[-1].bias -= 50.0
-    x = (torch.rand(5, 8), torch.ones(5, 8), torch.zeros(5), torch.zeros(5, 3, 6), torch.zeros(5, 0))
+    x = (
+        torch.rand(5, 8),
+        torch.ones(5, 8),
+        torch.zeros(5),
+        torch.zeros(5, 3, len(FUTURE_COVARIATES)),
+        torch.zeros(5, 0),
+    )
     net.eval()
     assert torch.all(net.scaled_quantiles(*x) == 0)
     net.train()
