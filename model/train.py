@@ -581,8 +581,9 @@ def train(
     With ``args.window_member`` a :class:`WindowMLP` joins the ensemble. It trains first, by the
     backtest's ffn recipe (``model.baselines.FeedForward``: random windows, its own held-out last
     buckets, the same ``max_minutes``, seed ``seed + ensemble``), and then stays fixed: the MQ-CNNs'
-    feedback stages and the validation scores see the whole ensemble's mean, as served. It takes
-    the covariates as they are (no day-of-year masking) and no calibration shift. A ``model``
+    feedback stages and the validation scores see the whole ensemble's mean, as served. It reads
+    the day of the year even where the MQ-CNNs leave it out, ignores the day of the month and
+    Easter's where they do (``WindowMLP.ignore_calendar``), and takes no calibration shift. A ``model``
     given to continue keeps its window member as it is.
     """
     t_start = time.monotonic()
