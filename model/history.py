@@ -154,6 +154,9 @@ def read_history(path: str | Path, freq: str | None = None) -> History:
             price = float(price_text) if price_text else np.nan
         except ValueError as exc:
             raise HistoryFormatError(f"{path}:{line}: price {price_text!r} is not a number") from exc
+        if not (np.isnan(price) or (np.isfinite(price) and price >= 0)):
+            # The events' contract: a price, when present, is a finite number >= 0.
+            raise HistoryFormatError(f"{path}:{line}: price must be a finite number >= 0, got {price_text!r}")
         items.append(item)
         dates.append(date)
         qtys.append(qty)
