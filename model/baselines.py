@@ -42,8 +42,9 @@ from model.averaging import WeightAverage, averaged
 from model.features import (
     DAY_OF_MONTH,
     calendar_features,
-    day_of_month_helps,
+    check_calendar_choice,
     log_price,
+    reads_day_of_month,
     silent_calendar,
     static_ids,
 )
@@ -800,8 +801,7 @@ class FeedForward:
         device: str | torch.device = "cpu",
         day_of_month: str = "auto",
     ) -> None:
-        if day_of_month not in ("auto", "on", "off"):
-            raise ValueError(f"day_of_month must be 'auto', 'on' or 'off', got {day_of_month!r}")
+        check_calendar_choice("day_of_month", day_of_month)
         self.spec = spec
         self.device = torch.device(device)
         # As the MQ-CNN's (``TrainConfig.day_of_month``): "auto" reads the day of the month for
@@ -878,7 +878,7 @@ class FeedForward:
         # Calendar columns no training target moves (Easter's, without one in the history) would
         # otherwise keep their random initial weights and fire first in serving.
         ignored = silent_calendar(bucket_start_ms(panel.first_bucket + np.arange(until), panel.freq))
-        if self.day_of_month == "off" or (self.day_of_month == "auto" and not day_of_month_helps(panel.freq)):
+        if not reads_day_of_month(self.day_of_month, panel.freq):
             ignored += DAY_OF_MONTH
         self.net.ignore_calendar(ignored)
         self.net.to(self.device)

@@ -40,12 +40,24 @@ DAY_OF_MONTH = ("dom_sin", "dom_cos")
 EASTER = ("easter_before", "easter_after")
 
 
-def day_of_month_helps(freq: str) -> bool:
-    """Whether models of ``freq`` buckets read the day of the month by default: weekly and monthly
-    ones. With Easter's covariates, on Walmart's weekly sales it took the feedback rung's wQL from
-    0.0576 / 0.0592 to 0.0571 / 0.0566 (seeds 0 / 1); on daily retail it made the MQ-CNN's 0.4-0.6%
-    worse and its forecasts 18-35% more volatile. Hourly data follows daily, untested."""
-    return freq in ("W", "M")
+#: How a training is told to treat an optional calendar cycle: as the data suggest, or forced.
+CALENDAR_CHOICES = ("auto", "on", "off")
+
+
+def check_calendar_choice(name: str, choice: str) -> None:
+    """Raise ValueError unless ``choice`` (of option ``name``) is one of :data:`CALENDAR_CHOICES`."""
+    if choice not in CALENDAR_CHOICES:
+        raise ValueError(f"{name} must be 'auto', 'on' or 'off', got {choice!r}")
+
+
+def reads_day_of_month(choice: str, freq: str) -> bool:
+    """Whether a model of ``freq`` buckets trained with ``day_of_month=choice`` reads the day of the
+    month: "auto" reads it for weekly and monthly buckets only. With Easter's covariates, on
+    Walmart's weekly sales it took the feedback rung's wQL from 0.0576 / 0.0592 to 0.0571 / 0.0566
+    (seeds 0 / 1); on daily retail it made the MQ-CNN's 0.4-0.6% worse and its forecasts 18-35%
+    more volatile. Hourly data follows daily, untested."""
+    check_calendar_choice("day_of_month", choice)
+    return choice == "on" or (choice == "auto" and freq in ("W", "M"))
 
 
 #: Days before and after Easter Sunday over which its covariates fall from 1 to 0.

@@ -29,7 +29,14 @@ from tqdm import tqdm
 from model.averaging import WeightAverage, averaged
 from model.calibrate import interval_shifts
 from model.dataset import TrainingTensors, build_tensors
-from model.features import DAY_OF_MONTH, DAY_OF_YEAR, EASTER, day_of_month_helps, silent_calendar
+from model.features import (
+    DAY_OF_MONTH,
+    DAY_OF_YEAR,
+    EASTER,
+    check_calendar_choice,
+    reads_day_of_month,
+    silent_calendar,
+)
 from model.history import History
 from model.loss import pinball_loss
 from model.metrics import coverage, pinball, volatility, weighted_quantile_loss
@@ -109,7 +116,7 @@ class TrainConfig:
     # index and extrapolate it. "on" / "off" force them.
     day_of_year: str = "auto"
     # "auto" keeps the day-of-month covariates for weekly and monthly buckets and drops them for
-    # daily and hourly ones (``model.features.day_of_month_helps``). "on" / "off" force them.
+    # daily and hourly ones (``model.features.reads_day_of_month``). "on" / "off" force them.
     day_of_month: str = "auto"
     # Fit a shift of every quantile but the median on the validation targets after training
     # (``model.calibrate``). On the Walmart backtest it brings the P10-P90 coverage from 0.73-0.74
@@ -127,8 +134,7 @@ class TrainConfig:
         if self.epochs < 1 or self.batch_size < 1 or self.feedback_stages < 0:
             raise ValueError("epochs and batch_size must be >= 1, feedback_stages >= 0")
         for name in ("day_of_year", "day_of_month"):
-            if getattr(self, name) not in ("auto", "on", "off"):
-                raise ValueError(f"{name} must be 'auto', 'on' or 'off', got {getattr(self, name)!r}")
+            check_calendar_choice(name, getattr(self, name))
         if not 0.0 < self.origin_sample <= 1.0:
             raise ValueError(f"origin_sample must be in (0, 1], got {self.origin_sample}")
         if not 0.0 <= self.feedback_share < 1.0:
@@ -620,8 +626,9 @@ def train(
     drop_day_of_year = cfg.day_of_year == "off" or (
         cfg.day_of_year == "auto" and fresh and not covers_a_year(history)
     )
-    drop_day_of_month = cfg.day_of_month == "off" or (
-        cfg.day_of_month == "auto" and fresh and not day_of_month_helps(history.freq)
+    # A network trained further keeps its weights for the day of the month unless told "off".
+    drop_day_of_month = not reads_day_of_month(cfg.day_of_month, history.freq) and (
+        fresh or cfg.day_of_month == "off"
     )
     masked = (
         (DAY_OF_YEAR if drop_day_of_year else ())

@@ -18,6 +18,7 @@ from model.features import (
     EASTER_REACH_DAYS,
     calendar_features,
     easter_sunday,
+    reads_day_of_month,
     silent_calendar,
 )
 from model.history import History
@@ -236,3 +237,13 @@ def test_a_model_reading_calendar_columns_the_service_lacks_is_refused():
     shuffled = _meta([*CALENDAR_FEATURES_V1, "log_price"], list(reversed(CALENDAR_FEATURES_V1)), args)
     with pytest.raises(ModelMismatchError, match="then log_price"):
         check_model_fits(shuffled, ServiceConfig())
+
+
+def test_day_of_month_is_read_for_weekly_and_monthly_buckets_unless_forced():
+    assert [reads_day_of_month("auto", f) for f in ("h", "D", "W", "M")] == [False, False, True, True]
+    assert all(reads_day_of_month("on", f) for f in ("h", "D", "W", "M"))
+    assert not any(reads_day_of_month("off", f) for f in ("h", "D", "W", "M"))
+    with pytest.raises(ValueError, match="day_of_month must be 'auto', 'on' or 'off'"):
+        reads_day_of_month("sometimes", "W")
+    with pytest.raises(ValueError, match="day_of_month must be"):
+        FeedForward(ForecastSpec(horizons=2, quantiles=(0.5,)), day_of_month="yes")
