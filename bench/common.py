@@ -66,7 +66,7 @@ def default_model(
     static_columns: int = 0,
     feedback_previous: bool = False,
 ) -> Path:
-    """An untrained default daily model exported like a trained one (speed does not depend on weights);
+    """An untrained default daily model exported as a trained one is (speed does not depend on weights);
     ``feedback_window`` overrides the default's, ``ensemble`` makes it an ensemble of that many
     networks, ``window_member`` adds a feed-forward window member of that width, ``static_columns``
     gives it that many static columns (``static_0``, ...), ``feedback_previous`` makes its decoder
@@ -74,8 +74,9 @@ def default_model(
     import dataclasses
 
     from model.export import export_model
-    from model.features import FUTURE_COVARIATES, PAST_COVARIATES
-    from model.network import build_network, default_args_for
+    from model.features import DAY_OF_MONTH
+    from model.network import build_network, default_args_for, member_networks, window_members
+    from model.prune import served_form
     from stream.training import feedback_names
 
     args = default_args_for("D")
@@ -89,16 +90,19 @@ def default_model(
         feedback_previous=feedback_previous,
     )
     path = tmp / "bench-model.pt"
+    model = build_network(args).eval()
+    # As training leaves a daily network: the day of the month ignored, and left out on export.
+    for net in member_networks(model):
+        net.mask_covariates(DAY_OF_MONTH)
+    for member in window_members(model):
+        member.ignore_calendar(DAY_OF_MONTH)
+    model, args, past, future = served_form(model, args)
     meta = {
         "freq": "D",
-        "features": {
-            "past": list(PAST_COVARIATES),
-            "future": list(FUTURE_COVARIATES),
-            "feedback": feedback_names(args),
-        },
+        "features": {"past": past, "future": future, "feedback": feedback_names(args)},
         "static_columns": [f"static_{k}" for k in range(static_columns)],
     }
-    export_model(build_network(args).eval(), args, path, meta)
+    export_model(model, args, path, meta)
     return path
 
 

@@ -31,7 +31,7 @@ from state.partition import ClosedBucket, PartitionState
 from stream.batcher import ForecastRequest, chunks, cut_at_batches
 from stream.config import non_negative_int, positive_int
 from stream.inference import Predictor
-from stream.inputs import PendingInputs, StaticTable, inputs_for
+from stream.inputs import PendingInputs, StaticTable, calendar_columns, inputs_for
 from stream.pipeline import forecast_pipelined
 from stream.publish import ForecastFormat, encode_forecasts
 
@@ -80,6 +80,7 @@ def service_step(
     ``depth`` batches queued with the model (default: as many as the service queues), each
     batch's JSON on its model thread when there are several (as the service), the ledger on this
     one."""
+    calendar = calendar_columns(predictor.meta)  # the columns the artefact reads, as the service
     pieces = cut_at_batches([ForecastRequest(0, closed, 0.0, 0.0)], batch)
     out = np.empty((closed.rows.size, fmt.horizons, len(fmt.quantiles)), dtype=np.float32)
 
@@ -95,7 +96,7 @@ def service_step(
 
     forecast_pipelined(
         predictor.submit,
-        PendingInputs([closed], fmt.freq, fmt.horizons, statics),
+        PendingInputs([closed], fmt.freq, fmt.horizons, statics, calendar),
         out,
         batch,
         [piece.rows for _, piece in pieces],
@@ -126,10 +127,11 @@ class Workload:
         for i, item in enumerate(self.closed.item_ids):
             self.statics.update(item, {c: (i * (k + 7)) % 50 for k, c in enumerate(self.statics.columns)})
         self.fmt = ForecastFormat("D", predictor.version, self.cfg.quantiles, self.cfg.horizons)
+        self.calendar = calendar_columns(meta)
 
     def tensors(self, device: torch.device) -> list[torch.Tensor]:
         """The model's inputs for every row, ready on ``device`` (for the bare forward)."""
-        ready = inputs_for(self.closed, "D", self.cfg.horizons, self.statics)
+        ready = inputs_for(self.closed, "D", self.cfg.horizons, self.statics, self.calendar)
         return [torch.from_numpy(np.ascontiguousarray(a)).to(device) for a in ready.arrays()]
 
     def step(self, predictor: Predictor, batch: int, depth: int | None = None) -> None:
@@ -143,7 +145,7 @@ class Workload:
         best: dict[str, float] = {}
         for _ in range(rounds):
             t0 = time.perf_counter()
-            inputs = inputs_for(self.closed, "D", self.cfg.horizons, self.statics)
+            inputs = inputs_for(self.closed, "D", self.cfg.horizons, self.statics, self.calendar)
             t1 = time.perf_counter()
             out = np.empty((self.rows, self.cfg.horizons, len(self.cfg.quantiles)), dtype=np.float32)
             spans = chunks(self.rows, batch)

@@ -15,7 +15,6 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from model.features import FUTURE_COVARIATES, PAST_COVARIATES
 from model.history import History, dates_to_buckets, read_history
 from state.feedback import feedback_feature_names, replay_feedback
 from stream.errors import MqcastError
@@ -75,6 +74,7 @@ def train_artifact(
 
     from model.export import export_model
     from model.network import default_args_for
+    from model.prune import served_form
     from model.train import TrainConfig, feedback_for, train
 
     args = default_args_for(history.freq)
@@ -115,16 +115,14 @@ def train_artifact(
     model, report = train(
         history, args, cfg, feedback_fn=feedback_for(replay_feedback, args), progress=progress
     )
+    # Served without the calendar columns training taught it to ignore (model/prune.py).
+    model, args, past, future = served_form(model, args)
     meta = {
         "freq": history.freq,
         "quantiles": list(args.quantiles),
         "horizons": args.horizons,
         "context_length": args.context_length,
-        "features": {
-            "past": list(PAST_COVARIATES),
-            "future": list(FUTURE_COVARIATES),
-            "feedback": feedback_names(args),
-        },
+        "features": {"past": past, "future": future, "feedback": feedback_names(args)},
         "static_columns": list(history.static),
         "train_data": {
             "source": source,
