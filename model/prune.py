@@ -8,8 +8,8 @@ multiplies them. On the 2-core development machine the daily model's forward at 
 network drops them: its first layers lose the weights those columns met, its arguments count
 fewer covariates, and the artefact's metadata names only the columns it reads, which are all the
 service computes (``stream.inputs.calendar_columns``). Forecasts are the same up to float rounding
-(``tests/unit/test_prune.py``). Checkpoints keep the whole network, so training can resume from
-them with every column.
+(``tests/unit/test_prune.py``). Only the export is cut (``stream.training.train_artifact``): the
+trained network, and a checkpoint of it (``model.export.save_checkpoint``), keep every column.
 """
 
 from __future__ import annotations
