@@ -40,6 +40,7 @@ from tqdm import tqdm
 
 from model.averaging import WeightAverage, averaged
 from model.features import (
+    CALENDAR_FEATURES,
     DAY_OF_MONTH,
     calendar_features,
     check_calendar_choice,
@@ -517,10 +518,24 @@ class _Panel:
             if history.static
             else np.zeros((self.n, 0), dtype=np.float32)
         )
+        self._calendar = np.zeros((0, len(CALENDAR_FEATURES)), dtype=np.float32)
+        self._calendar_lo = 0
 
     def calendar(self, cols: np.ndarray) -> np.ndarray:
         """Calendar features of columns (any shape, may run past the data), [..., C]."""
-        return calendar_features(bucket_start_ms(self.first_bucket + cols, self.freq))
+        cols = np.asarray(cols, dtype=np.int64)
+        if cols.size == 0:
+            return calendar_features(bucket_start_ms(self.first_bucket + cols, self.freq))
+        lo, hi = int(cols.min()), int(cols.max()) + 1
+        if lo < self._calendar_lo or hi > self._calendar_lo + len(self._calendar):
+            # Computed once for every column a caller may ask for, then looked up: the feed-forward
+            # rung asks at every training step, where computing them took a sixth of the step.
+            lo = min(lo, self._calendar_lo, 0)
+            hi = max(hi, self._calendar_lo + len(self._calendar), self.t + 64)
+            starts = bucket_start_ms(self.first_bucket + np.arange(lo, hi), self.freq)
+            self._calendar = calendar_features(starts)
+            self._calendar_lo = lo
+        return self._calendar[cols - self._calendar_lo]
 
     def window(self, items: np.ndarray, origins: np.ndarray, length: int) -> tuple[np.ndarray, np.ndarray]:
         """Scaled demand and observed flags of the ``length`` buckets up to each origin, [B, length]

@@ -17,12 +17,13 @@ from model.baselines import (
     QuantileForest,
     SeasonalNaive,
     _invert_cdf,
+    _Panel,
     make_forecaster,
     masked_quantiles,
     rolling_scale,
 )
-from model.features import FUTURE_COVARIATES
-from model.history import History
+from model.features import FUTURE_COVARIATES, calendar_features
+from model.history import History, bucket_start_ms
 from model.network import WindowMLP
 
 torch.set_num_threads(1)
@@ -230,3 +231,14 @@ def test_feed_forward_fits_the_same_weights_for_a_seed_when_its_steps_end_the_ru
     # The learning rate follows the step count, not the wall clock, so nothing differs.
     for x, y in zip(a.net.state_dict().values(), b.net.state_dict().values(), strict=True):
         assert torch.equal(x, y)
+
+
+def test_panel_calendar_equals_the_features_of_the_buckets_asked_for():
+    history = seasonal_history()
+    panel = _Panel(history, context_length=28)
+    rng = np.random.default_rng(0)
+    # Inside the data, before it and past it (the rungs' targets), in any shape and order.
+    for shape, (lo, hi) in [((5, 3), (0, 50)), ((7,), (-40, 10)), ((4, 2), (100, 300)), ((0,), (0, 1))]:
+        cols = rng.integers(lo, hi, size=shape)
+        want = calendar_features(bucket_start_ms(history.first_bucket + cols, history.freq))
+        np.testing.assert_array_equal(panel.calendar(cols), want)
