@@ -8,15 +8,15 @@ import dataclasses
 import numpy as np
 import pytest
 import torch
-from artefacts import SMALL, window
+from artefacts import SMALL, export_meta, window
 from histories import seasonal_history
 
-from model.export import load_model
+from model.export import export_model, load_model
 from model.features import DAY_OF_MONTH, DAY_OF_YEAR, EASTER, FUTURE_COVARIATES, PAST_COVARIATES
 from model.network import ModelArgs, build_network, default_args_for, member_networks, window_members
 from model.prune import drop_calendar, ignored_calendar, served_form
 from stream.inputs import StaticTable, calendar_columns, probe_inputs
-from stream.training import train_artifact
+from stream.training import feedback_names, train_artifact
 
 
 def _trained_to_ignore(args: ModelArgs, names: tuple[str, ...], seed: int = 0) -> torch.nn.Module:
@@ -117,3 +117,29 @@ def test_trained_daily_artefact_names_only_the_columns_it_reads_and_serves_from_
         out = scripted(*(torch.from_numpy(np.ascontiguousarray(a)) for a in x.arrays()))
     assert out.shape == (3, meta["horizons"], len(meta["quantiles"]))
     assert StaticTable(tuple(meta["static_columns"]), 1024).columns == ("store",)
+
+
+def _cut_exported_and_served(tmp_path, device: str) -> None:
+    """The weekly ensemble trained on ``device``, cut, exported and loaded there: it forecasts as
+    the whole network does."""
+    args, names = CASES["weekly ensemble with a window member"]
+    model = _trained_to_ignore(args, names).to(device)
+    served, served_args, past, future = served_form(model, args)
+    assert next(served.parameters()).device.type == device
+    features = {"past": past, "future": future, "feedback": feedback_names(served_args)}
+    export_model(served, served_args, tmp_path / "weekly.pt", export_meta(features=features))
+    scripted, _ = load_model(tmp_path / "weekly.pt", device)
+    x = window(args, b=7, seed=5)
+    with torch.no_grad():
+        whole = model(*(t.to(device) for t in x))
+        out = scripted(*(t.to(device) for t in _served_columns(x, past, future)))
+    torch.testing.assert_close(out, whole, rtol=1e-5, atol=1e-5)
+
+
+def test_cut_network_exported_and_loaded_forecasts_as_the_whole_one(tmp_path):
+    _cut_exported_and_served(tmp_path, "cpu")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+def test_network_trained_on_cuda_is_cut_and_served_there_as_the_whole_one(tmp_path):
+    _cut_exported_and_served(tmp_path, "cuda")
