@@ -74,8 +74,8 @@ def default_model(
     import dataclasses
 
     from model.export import export_model
-    from model.features import DAY_OF_MONTH
-    from model.network import build_network, default_args_for, member_networks, window_members
+    from model.features import DAY_OF_MONTH, reads_day_of_month
+    from model.network import build_network, default_args_for, ignore_calendar_columns
     from model.prune import served_form
     from stream.training import feedback_names
 
@@ -91,11 +91,9 @@ def default_model(
     )
     path = tmp / "bench-model.pt"
     model = build_network(args).eval()
-    # As training leaves a daily network: the day of the month ignored, and left out on export.
-    for net in member_networks(model):
-        net.mask_covariates(DAY_OF_MONTH)
-    for member in window_members(model):
-        member.ignore_calendar(DAY_OF_MONTH)
+    # As training leaves a daily network (the day of the month ignored), and exported as it is.
+    if not reads_day_of_month("auto", "D"):
+        ignore_calendar_columns(model, DAY_OF_MONTH)
     model, args, past, future = served_form(model, args)
     meta = {
         "freq": "D",

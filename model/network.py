@@ -644,9 +644,13 @@ class WindowMLP(nn.Module):
         self.n_quantiles = n_quantiles
         self.n_static = n_static
         self.static_dim = static_dim
+        self.n_future_cov = n_future_cov
+        # The first layer reads the window, its observed flags and the log scale, then each
+        # horizon's calendar (n_future_cov columns a horizon) from this column on, then the statics.
+        self.calendar_start = 2 * context_length + 1
         self.emb = nn.Embedding(max(1, n_static) * vocab, static_dim)
         self.register_buffer("offset", torch.arange(n_static) * vocab, persistent=False)
-        n_in = 2 * context_length + 1 + horizons * n_future_cov + static_dim * n_static
+        n_in = self.calendar_start + horizons * n_future_cov + static_dim * n_static
         self.net = nn.Sequential(
             nn.Linear(n_in, hidden),
             nn.ReLU(),
@@ -666,11 +670,9 @@ class WindowMLP(nn.Module):
         in a history without one) would otherwise keep their random initial weights and fire first
         in serving."""
         n_cov = len(FUTURE_COVARIATES)
-        if self.net[0].in_features != 2 * self.context_length + 1 + self.horizons * n_cov + (
-            self.static_dim * self.n_static
-        ):
+        if self.n_future_cov != n_cov:
             raise ValueError(f"the member's calendar columns are not {list(FUTURE_COVARIATES)}")
-        first = 2 * self.context_length + 1
+        first = self.calendar_start
         keep = torch.ones_like(self.net[0].weight)
         for name in names:
             col = FUTURE_COVARIATES.index(name)
@@ -824,6 +826,16 @@ def build_network(args: ModelArgs) -> MQCNN | MQCNNEnsemble:
     if args.window_member:
         members.append(WindowMLP.from_args(args))
     return MQCNNEnsemble(members)
+
+
+def ignore_calendar_columns(model: MQCNN | MQCNNEnsemble, names: tuple[str, ...]) -> None:
+    """Make every member of ``model`` ignore the named calendar columns, as training leaves them:
+    masked in each MQ-CNN (:meth:`MQCNN.mask_covariates`), zero weights in a window member
+    (:meth:`WindowMLP.ignore_calendar`)."""
+    for net in member_networks(model):
+        net.mask_covariates(names)
+    for member in window_members(model):
+        member.ignore_calendar(names)
 
 
 def member_networks(model: MQCNN | MQCNNEnsemble) -> list[MQCNN]:

@@ -44,10 +44,10 @@ def _member_ignores(member: torch.nn.Module) -> tuple[str, ...]:
             if past[PAST_COVARIATES.index(c)] == 0.0 and future[FUTURE_COVARIATES.index(c)] == 0.0
         )
     if isinstance(member, WindowMLP):
-        n_cov, first = len(FUTURE_COVARIATES), 2 * member.context_length + 1
-        weight = member.net[0].weight.detach()
-        if weight.shape[1] != first + member.horizons * n_cov + member.static_dim * member.n_static:
+        n_cov, first = len(FUTURE_COVARIATES), member.calendar_start
+        if member.n_future_cov != n_cov:
             return ()
+        weight = member.net[0].weight.detach()
         calendar = weight[:, first : first + member.horizons * n_cov].reshape(-1, member.horizons, n_cov)
         zero = ~calendar.any(dim=(0, 1))
         return tuple(c for c in CALENDAR_FEATURES if bool(zero[FUTURE_COVARIATES.index(c)]))
@@ -92,7 +92,9 @@ def _drop_member(
         known = keep_future + list(range(len(FUTURE_COVARIATES), n_known_old))
         c_in_old = 3 + len(PAST_COVARIATES)
         channels = [0, 1, 2] + [3 + i for i in keep_past]  # demand, observed, level, covariates
-        taps = [j * c_in_old + c for j in range(member.encoder[0].kernel) for c in channels]
+        # The first convolution reads its taps side by side, each tap c_in_old channels wide.
+        kernel = member.encoder[0].kernel
+        taps = _kept_inputs(kernel * c_in_old, 0, kernel, c_in_old, channels)
         state["encoder.0.mix.weight"] = state["encoder.0.mix.weight"][:, taps]
         state["encoder.0.skip.weight"] = state["encoder.0.skip.weight"][:, channels]
         state["past_cov_mask"] = state["past_cov_mask"][keep_past]
@@ -100,16 +102,12 @@ def _drop_member(
         # The global decoder reads the encoding, the log scale, then every horizon's known inputs.
         g_old = state["global_mlp.0.weight"]
         start = args.channels + args.recent + 1
-        cols = list(range(start))
-        cols += [start + h * n_known_old + k for h in range(args.horizons) for k in known]
-        cols += list(range(start + args.horizons * n_known_old, g_old.shape[1]))
+        cols = _kept_inputs(g_old.shape[1], start, args.horizons, n_known_old, known)
         state["global_mlp.0.weight"] = g_old[:, cols]
         # The local decoder reads the horizon's context, the agnostic context, then its known inputs.
         l_old = state["local_mlp.0.weight"]
         start = args.horizon_context + args.agnostic_context
-        cols = list(range(start)) + [start + k for k in known]
-        cols += list(range(start + n_known_old, l_old.shape[1]))
-        state["local_mlp.0.weight"] = l_old[:, cols]
+        state["local_mlp.0.weight"] = l_old[:, _kept_inputs(l_old.shape[1], start, 1, n_known_old, known)]
     elif isinstance(member, WindowMLP):
         n_static = member.n_static
         out = WindowMLP(
@@ -122,16 +120,23 @@ def _drop_member(
             member.static_dim,
             len(keep_future),
         )
-        n_cov, first = len(FUTURE_COVARIATES), 2 * member.context_length + 1
         w_old = state["net.0.weight"]
-        cols = list(range(first))
-        cols += [first + h * n_cov + k for h in range(member.horizons) for k in keep_future]
-        cols += list(range(first + member.horizons * n_cov, w_old.shape[1]))
+        cols = _kept_inputs(
+            w_old.shape[1], member.calendar_start, member.horizons, len(FUTURE_COVARIATES), keep_future
+        )
         state["net.0.weight"] = w_old[:, cols]
     else:
         raise TypeError(f"cannot drop calendar columns from a {type(member).__name__}")
     out.load_state_dict(state, strict=True)
     return out.to(next(member.parameters()).device).eval()
+
+
+def _kept_inputs(n_in: int, start: int, blocks: int, width: int, keep: list[int]) -> list[int]:
+    """The input columns of a layer that stay when, of ``blocks`` blocks of ``width`` columns from
+    column ``start`` on (one per horizon), only the columns ``keep`` of each stay; every column
+    before and after the blocks stays."""
+    cut = [start + b * width + k for b in range(blocks) for k in keep]
+    return [*range(start), *cut, *range(start + blocks * width, n_in)]
 
 
 def served_form(

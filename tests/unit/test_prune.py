@@ -13,7 +13,7 @@ from histories import seasonal_history
 
 from model.export import export_model, load_model
 from model.features import DAY_OF_MONTH, DAY_OF_YEAR, EASTER, FUTURE_COVARIATES, PAST_COVARIATES
-from model.network import ModelArgs, build_network, default_args_for, member_networks, window_members
+from model.network import ModelArgs, build_network, default_args_for, ignore_calendar_columns, window_members
 from model.prune import drop_calendar, ignored_calendar, served_form
 from stream.inputs import StaticTable, calendar_columns, probe_inputs
 from stream.training import feedback_names, train_artifact
@@ -24,10 +24,7 @@ def _trained_to_ignore(args: ModelArgs, names: tuple[str, ...], seed: int = 0) -
     zero weights in a window member."""
     torch.manual_seed(seed)
     model = build_network(args).eval()
-    for net in member_networks(model):
-        net.mask_covariates(names)
-    for member in window_members(model):
-        member.ignore_calendar(names)
+    ignore_calendar_columns(model, names)
     return model
 
 
