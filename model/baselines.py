@@ -51,6 +51,7 @@ from model.features import (
 )
 from model.history import History, bucket_start_ms
 from model.network import WindowMLP
+from model.optim import adamw
 
 #: Season length in buckets of each bucket unit.
 SEASON = {"h": 24, "D": 7, "W": 52, "M": 12}
@@ -897,7 +898,7 @@ class FeedForward:
             ignored += DAY_OF_MONTH
         self.net.ignore_calendar(ignored)
         self.net.to(self.device)
-        opt = torch.optim.AdamW(self.net.parameters(), lr=self.lr, weight_decay=self.weight_decay)
+        opt = adamw(self.net.parameters(), lr=self.lr, weight_decay=self.weight_decay)
         average = WeightAverage(self.net, self.ema_decay) if self.ema_decay > 0 else None
         # A constant normaliser (mean |y| per window) keeps the loss scale fixed across batches.
         sample = rng.choice(train_pool, size=min(train_pool.size, 20_000))

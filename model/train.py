@@ -49,6 +49,7 @@ from model.network import (
     n_parameters,
     window_members,
 )
+from model.optim import adamw
 
 #: ``(forecasts [N,T,H,Q] with NaN before each item's first observation, qty [N,T], observed [N,T])
 #: -> feedback features float32 [N,T,F]``.
@@ -643,7 +644,7 @@ def train(
         members.append(
             _Member(
                 model=net,
-                opt=torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay),
+                opt=adamw(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay),
                 average=WeightAverage(net, cfg.ema_decay) if cfg.ema_decay > 0 else None,
                 rng=np.random.default_rng(cfg.seed + k),
             )
