@@ -117,8 +117,8 @@ def test_trained_daily_artefact_names_only_the_columns_it_reads_and_serves_from_
 
 
 def _cut_exported_and_served(tmp_path, device: str) -> None:
-    """The weekly ensemble trained on ``device``, cut, exported and loaded there: it forecasts as
-    the whole network does."""
+    """The weekly ensemble, its ignored columns masked as training leaves them, moved to ``device``,
+    cut, exported and loaded there: it forecasts as the whole network does."""
     args, names = CASES["weekly ensemble with a window member"]
     model = _trained_to_ignore(args, names).to(device)
     served, served_args, past, future = served_form(model, args)
@@ -138,5 +138,5 @@ def test_cut_network_exported_and_loaded_forecasts_as_the_whole_one(tmp_path):
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
-def test_network_trained_on_cuda_is_cut_and_served_there_as_the_whole_one(tmp_path):
+def test_network_on_cuda_is_cut_and_served_there_as_the_whole_one(tmp_path):
     _cut_exported_and_served(tmp_path, "cuda")
