@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import sys
 
-from bench import inference, ingest, latency, precision, processes, publish, recovery, scale
+from bench import inference, ingest, latency, precision, processes, publish, recovery, scale, training
 
 BENCHMARKS = {
     "ingest": ingest.main,
@@ -19,6 +19,7 @@ BENCHMARKS = {
     "latency": latency.main,
     "scale": scale.main,
     "recovery": recovery.main,
+    "training": training.main,
 }
 
 

@@ -78,7 +78,9 @@ class BacktestConfig:
     feedback_previous: bool | None = None  # feedback rung reads its previous forecasts (None: default)
     leak_check: str = "first"  # "first", "all" (every evaluation origin) or "none"
     volatility_pairs: bool = True  # also forecast at t+1 for every evaluation origin t
-    threads: int | None = 1  # torch CPU threads during the run; None leaves torch's setting
+    # torch CPU threads during the run (None leaves torch's setting, one per core); an ensemble's
+    # MQ-CNNs train this many at a time (model.train.member_workers)
+    threads: int | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "quantiles", tuple(float(q) for q in self.quantiles))

@@ -55,7 +55,13 @@ def add_backtest_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--quantiles", type=quantile_list, default=(0.1, 0.5, 0.9), help="e.g. 0.1,0.5,0.9")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--threads", type=positive_int, default=1, help="torch CPU threads (default 1)")
+    parser.add_argument(
+        "--threads",
+        type=positive_int,
+        default=None,
+        help="torch CPU threads (default: all cores, as mqcast train); an ensemble's MQ-CNNs train this "
+        "many at a time, one thread each; give 1 to run two backtests side by side",
+    )
     parser.add_argument(
         "--leak-check",
         choices=("first", "all", "none"),

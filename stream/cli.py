@@ -256,7 +256,11 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
         "(default: on)",
     )
     p.add_argument(
-        "--threads", type=positive_int, default=None, help="torch CPU threads (default: all cores)"
+        "--threads",
+        type=positive_int,
+        default=None,
+        help="torch CPU threads (default: all cores); an ensemble's MQ-CNNs train this many at a time, "
+        "one thread each",
     )
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="training device")
 
