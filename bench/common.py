@@ -111,6 +111,28 @@ def positive_int_list(text: str) -> list[int]:
     return [positive_int(x) for x in text.split(",")]
 
 
+#: The bundled retail days, the history of the benchmarks that train when ``--data`` is not given.
+BUNDLED_HISTORY = Path(__file__).resolve().parent.parent / "data" / "online_retail_uci" / "daily.csv.gz"
+
+
+def history_file(text: str) -> Path:
+    """An argparse type: the path of an existing history file."""
+    path = Path(text)
+    if not path.is_file():
+        raise argparse.ArgumentTypeError(f"no such file {path}")
+    return path
+
+
+def add_history_argument(p: argparse.ArgumentParser) -> None:
+    """``--data FILE``, a history file, the bundled retail days by default."""
+    p.add_argument(
+        "--data",
+        type=history_file,
+        default=BUNDLED_HISTORY,
+        help="history file (default: the bundled retail days)",
+    )
+
+
 def precision_list(text: str) -> tuple[str, ...]:
     """An argparse type: comma-separated precisions (``stream.inference.PRECISIONS`` keys), in order."""
     from stream.inference import PRECISIONS

@@ -18,14 +18,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from bench.common import machine, precision_list, table
+from bench.common import add_history_argument, machine, precision_list, table
 from model.history import read_history
 from model.metrics import coverage, weighted_quantile_loss
 from model.network import default_args_for
 from model.train import TrainConfig, held_out_forecasts, train
 from stream.inference import PRECISIONS, pick_device
-
-BUNDLED = Path(__file__).resolve().parent.parent / "data" / "online_retail_uci" / "daily.csv.gz"
 
 
 def run(
@@ -71,9 +69,7 @@ def run(
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__)
-    p.add_argument(
-        "--data", type=Path, default=BUNDLED, help="history file (default: the bundled retail days)"
-    )
+    add_history_argument(p)
     p.add_argument("--minutes", type=float, default=2.0, help="training budget (default: 2)")
     p.add_argument("--device", default="auto", help="where to train and forecast (default: auto)")
     p.add_argument(
@@ -84,8 +80,6 @@ def main(argv: list[str] | None = None) -> None:
     )
     p.add_argument("--seed", type=int, default=0)
     a = p.parse_args(argv)
-    if not a.data.is_file():
-        p.error(f"--data: no such file {a.data}")
     rows = run(a.data, a.minutes, a.device, a.precisions, a.seed)
     print(table(rows, f"Precision ({machine()}, {torch.get_num_threads()} threads)"))
 

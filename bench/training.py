@@ -17,12 +17,10 @@ from pathlib import Path
 
 import torch
 
-from bench.common import machine, table
+from bench.common import add_history_argument, machine, table
 from model.history import read_history
 from model.network import default_args_for
 from model.train import TrainConfig, train
-
-BUNDLED = Path(__file__).resolve().parent.parent / "data" / "online_retail_uci" / "daily.csv.gz"
 
 
 def run(data: Path, minutes: float, members: int, seed: int) -> list[tuple[str, str]]:
@@ -66,15 +64,11 @@ def run(data: Path, minutes: float, members: int, seed: int) -> list[tuple[str, 
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__)
-    p.add_argument(
-        "--data", type=Path, default=BUNDLED, help="history file (default: the bundled retail days)"
-    )
+    add_history_argument(p)
     p.add_argument("--minutes", type=float, default=0.5, help="training budget per member (default: 0.5)")
     p.add_argument("--members", type=int, default=2, help="MQ-CNNs in the ensemble (default: 2)")
     p.add_argument("--seed", type=int, default=0)
     a = p.parse_args(argv)
-    if not a.data.is_file():
-        p.error(f"--data: no such file {a.data}")
     if a.members < 2 or a.minutes <= 0:
         p.error("--members must be >= 2 and --minutes > 0")
     rows = run(a.data, a.minutes, a.members, a.seed)

@@ -6,8 +6,9 @@ import argparse
 
 import pytest
 
+from bench import precision, training
 from bench.__main__ import BENCHMARKS, plan
-from bench.common import precision_list
+from bench.common import BUNDLED_HISTORY, precision_list
 
 
 def test_flags_go_to_the_benchmark_they_follow():
@@ -28,6 +29,15 @@ def test_precision_lists_keep_their_order_and_name_unknown_entries():
     assert precision_list("fp32, bf16,fp16") == ("fp32", "bf16", "fp16")
     with pytest.raises(argparse.ArgumentTypeError, match=r"unknown int8 \(choose from fp32, bf16, fp16\)"):
         precision_list("fp32,int8")
+
+
+@pytest.mark.parametrize("bench", [precision, training])
+def test_training_benchmarks_read_the_bundled_history_unless_given_an_existing_file(bench, tmp_path, capsys):
+    assert BUNDLED_HISTORY.is_file()
+    with pytest.raises(SystemExit) as exit_info:
+        bench.main(["--data", str(tmp_path / "missing.csv")])
+    assert exit_info.value.code == 2
+    assert f"argument --data: no such file {tmp_path / 'missing.csv'}" in capsys.readouterr().err
 
 
 def _fail() -> None:
