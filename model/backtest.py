@@ -22,6 +22,11 @@ evaluation origins spaced ``H`` apart never give, so each evaluation origin ``t`
 forecast at ``t + 1`` (not scored for accuracy): volatility is the mean absolute change of the
 median between the forecast of a bucket from ``t`` (horizon ``h+1``) and from ``t+1`` (horizon
 ``h``), over scored buckets, divided by the mean |y| of the scored cells (``model.metrics.volatility``).
+
+Each item also gets its demand class (smooth, erratic, intermittent, lumpy; ``model.demand_class``)
+from the buckets before the first origin, and every rung's wQL is reported per class beside the
+class's share of the scored demand: where a rung's lead comes from, and how much of the demand is
+of a kind no forecaster of the item's own history does well on.
 """
 
 from __future__ import annotations
@@ -45,6 +50,7 @@ from model.baselines import (
     first_observed,
     make_forecaster,
 )
+from model.demand_class import CLASSES, demand_classes
 from model.errors import ModelError
 from model.history import History
 from model.metrics import coverage, quantile_hits, quantiles_cross, volatility, weighted_quantile_loss
@@ -225,6 +231,8 @@ class BacktestResult:
     actuals: np.ndarray  # float64 [N, O, H]: demand at the scored cells, NaN elsewhere
     rungs: list[RungResult]
     source: str = ""
+    # Each item's demand class (model.demand_class) from the buckets before the first origin.
+    classes: np.ndarray | None = None
 
     @property
     def quantiles(self) -> tuple[float, ...]:
@@ -240,7 +248,8 @@ class BacktestResult:
 
     def to_markdown(self) -> str:
         """The table as GitHub Markdown, then the calibration table (each quantile's share of actuals
-        below it and at or below it; "(off)" where its level lies outside that range)."""
+        below it and at or below it; "(off)" where its level lies outside that range), then wQL by
+        demand class (:meth:`class_rows`)."""
         if not self.rungs:
             return ""
         main = [
@@ -251,15 +260,44 @@ class BacktestResult:
         calibration = [r.calibration_row(self.quantiles) for r in self.rungs if r.below]
         if calibration:
             tables.append(_markdown(calibration))
+        by_class = self.class_rows()
+        if by_class:
+            tables.append(_markdown(by_class))
         return "\n\n".join(tables)
+
+    def class_rows(self) -> list[dict[str, object]]:
+        """Per demand class with scored cells: its items, its shares of the scored cells and of their
+        demand, and each rung's wQL over the class's cells (rows in :data:`CLASSES` order)."""
+        if self.classes is None:
+            return []
+        scored = np.isfinite(self.actuals)
+        volume = np.where(scored, np.abs(self.actuals), 0.0)
+        total_cells, total_volume = max(int(scored.sum()), 1), float(volume.sum())
+        q = np.asarray(self.quantiles)
+        rows = []
+        for code, name in enumerate(CLASSES):
+            members = self.classes == code
+            cells = scored & members[:, None, None]
+            if not cells.any():
+                continue
+            row: dict[str, object] = {
+                "class": name,
+                "items": int((members & scored.any(axis=(1, 2))).sum()),
+                "cell_share": float(cells.sum() / total_cells),
+                "volume_share": float(volume[members].sum() / total_volume)
+                if total_volume > 0
+                else float("nan"),
+            }
+            for r in self.rungs:
+                row[f"wql_{r.name}"] = weighted_quantile_loss(self.actuals[members], r.forecasts[members], q)[
+                    1
+                ]
+            rows.append(row)
+        return rows
 
     def write_csv(self, path: Path) -> None:
         """The table as CSV."""
-        rows = self.rows()
-        with path.open("w", newline="") as fh:
-            w = csv.DictWriter(fh, fieldnames=list(rows[0]) if rows else ["rung"])
-            w.writeheader()
-            w.writerows(rows)
+        _write_rows(path, self.rows(), empty_header=["rung"])
 
     def summary(self) -> dict:
         """JSON-ready description of the run (config, origins, per-horizon wQL, rung info)."""
@@ -277,15 +315,21 @@ class BacktestResult:
             "config": asdict(self.config),
             "table": self.rows(),
             "wql_by_horizon": {r.name: r.wql_by_horizon for r in self.rungs},
+            "by_demand_class": self.class_rows(),
             "info": {r.name: r.info for r in self.rungs},
         }
 
     def save(self, out_dir: str | Path, plots: bool = True) -> list[Path]:
-        """Write ``backtest.csv``, ``backtest.md``, ``backtest.json`` and the PNG plots; returns the paths."""
+        """Write ``backtest.csv``, ``backtest_by_class.csv``, ``backtest.md``, ``backtest.json`` and the
+        PNG plots; returns the paths."""
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
         paths = [out / "backtest.csv", out / "backtest.md", out / "backtest.json"]
         self.write_csv(paths[0])
+        by_class = self.class_rows()
+        if by_class:
+            paths.append(out / "backtest_by_class.csv")
+            _write_rows(paths[-1], by_class)
         paths[1].write_text(self.to_markdown() + "\n")
         paths[2].write_text(json.dumps(self.summary(), indent=2, default=_json_default) + "\n")
         if plots and self.rungs:
@@ -293,10 +337,18 @@ class BacktestResult:
         return paths
 
 
+def _write_rows(path: Path, rows: list[dict], empty_header: Sequence[str] = ()) -> None:
+    with path.open("w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=list(rows[0]) if rows else list(empty_header))
+        w.writeheader()
+        w.writerows(rows)
+
+
 def _markdown(rows: list[dict]) -> str:
     cols = list(rows[0])
     head = "| " + " | ".join(cols) + " |"
-    rule = "|" + "|".join("---" if c == "rung" else "---:" for c in cols) + "|"
+    # The first column names the row (a rung, a class) and aligns left; the figures align right.
+    rule = "|---|" + "|".join("---:" for _ in cols[1:]) + "|"
     body = ["| " + " | ".join(_fmt(r[c]) for c in cols) + " |" for r in rows]
     return "\n".join([head, rule, *body])
 
@@ -424,6 +476,7 @@ def run_backtest(
         actuals=y,
         rungs=results,
         source=source,
+        classes=demand_classes(history.qty[:, : plan.until], history.observed[:, : plan.until])[0],
     )
 
 
@@ -479,7 +532,8 @@ def _score(
 
 
 def plot_backtest(result: BacktestResult, out_dir: Path, n_items: int = 3) -> list[Path]:
-    """wQL by rung, wQL by horizon per rung and forecast fans of a few items; returns the PNG paths."""
+    """wQL by rung, by horizon and by demand class, and forecast fans of a few items; returns the PNG
+    paths."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -512,6 +566,30 @@ def plot_backtest(result: BacktestResult, out_dir: Path, n_items: int = 3) -> li
     paths.append(out_dir / "wql_by_horizon.png")
     fig.savefig(paths[-1], dpi=110)
     plt.close(fig)
+
+    by_class = result.class_rows()
+    if by_class:
+        fig, ax = plt.subplots(figsize=(1.6 * len(by_class) + 3, 3.8))
+        x = np.arange(len(by_class))
+        width = 0.8 / len(names)
+        for k, name in enumerate(names):
+            ax.bar(
+                x + (k - (len(names) - 1) / 2) * width,
+                [row[f"wql_{name}"] for row in by_class],
+                width,
+                label=name,
+            )
+        ax.set_xticks(
+            x, [f"{row['class']}\n{row['volume_share']:.0%} of demand" for row in by_class], fontsize=8
+        )
+        ax.set_ylabel("mean wQL (lower is better)")
+        ax.set_title("wQL by demand class (ADI / CV² of the training buckets)", fontsize=9)
+        ax.legend(fontsize=7)
+        ax.grid(axis="y", alpha=0.3)
+        fig.tight_layout()
+        paths.append(out_dir / "wql_by_class.png")
+        fig.savefig(paths[-1], dpi=110)
+        plt.close(fig)
 
     items = _fan_items(result, n_items)
     if items.size:

@@ -321,7 +321,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Fit each rung (seasonal naive, exponential smoothing, quantile random forest, "
         "feed-forward net, MQ-CNN, MQ-CNN with feedback) before the first origin and score it at "
         "rolling origins on the same cells: wQL per quantile, outer-interval coverage, volatility, "
-        "fit and predict time. Writes backtest.csv/.md/.json and PNG plots to --out-dir.",
+        "fit and predict time, and wQL per demand class (smooth, erratic, intermittent, lumpy). "
+        "Writes backtest.csv/.md/.json, backtest_by_class.csv and PNG plots to --out-dir.",
     )
     from stream.backtest import add_backtest_arguments
 
