@@ -79,13 +79,13 @@ class BacktestConfig:
     feedback_window: int | None = None  # scored buckets the feedback rung attends over (None: default)
     recent: int | None = None  # latest buckets the MQ-CNN rungs' decoder reads directly (None: default)
     ema_decay: float | None = None  # weight averaging of the ffn and MQ-CNN rungs (None: their default)
-    ensemble: int | None = None  # networks averaged by the MQ-CNN rungs (None: the model's default)
+    ensemble: int | None = None  # networks averaged by the ffn and MQ-CNN rungs (None: the model's default)
     window_member: int | None = None  # hidden width of the MQ-CNN rungs' WindowMLP member (0: none)
     feedback_previous: bool | None = None  # feedback rung reads its previous forecasts (None: default)
     leak_check: str = "first"  # "first", "all" (every evaluation origin) or "none"
     volatility_pairs: bool = True  # also forecast at t+1 for every evaluation origin t
     # torch CPU threads during the run (None leaves torch's setting, one per core); an ensemble's
-    # MQ-CNNs train this many at a time (model.train.member_workers)
+    # networks (the ffn rung's, the MQ-CNNs) train this many at a time (model.train.member_workers)
     threads: int | None = None
 
     def __post_init__(self) -> None:

@@ -17,7 +17,8 @@ The rungs, lowest first:
 1. ``naive``: seasonal naive with empirical residual quantiles per item and horizon;
 2. ``ets``: additive Holt-Winters (optionally damped trend) fitted per item over a small grid;
 3. ``qrf``: a pooled quantile regression forest on hand-made lag / calendar features (the SQRF stage);
-4. ``ffn``: a pooled feed-forward network trained directly on multi-horizon quantile loss;
+4. ``ffn``: a pooled feed-forward network trained directly on multi-horizon quantile loss (as many
+   of them averaged as the MQ-CNN rungs average);
 5. ``mqcnn`` and ``mqcnn-feedback``: the product network (``model.network``), trained by
    ``model.train``; the second also sees the realised errors of its own past forecasts.
 
@@ -28,8 +29,10 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import threading
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
@@ -52,6 +55,9 @@ from model.features import (
 from model.history import History, bucket_start_ms
 from model.network import WindowMLP
 from model.optim import adamw
+
+#: Held while a feed-forward net is seeded and built (see ``FeedForward.fit``).
+_NET_INIT = threading.Lock()
 
 #: Season length in buckets of each bucket unit.
 SEASON = {"h": 24, "D": 7, "W": 52, "M": 12}
@@ -93,7 +99,7 @@ class ForecastSpec:
     feedback_window: int | None = None  # mqcnn-feedback: scored buckets attended over (None: the default)
     recent: int | None = None  # MQ-CNN rungs: latest buckets the decoder reads directly (None: the default)
     ema_decay: float | None = None  # trained rungs (ffn, MQ-CNN): weight averaging decay (None: default)
-    ensemble: int | None = None  # MQ-CNN rungs: networks whose quantiles are averaged (None: the default)
+    ensemble: int | None = None  # ffn and MQ-CNN rungs: networks whose quantiles are averaged (None: default)
     window_member: int | None = None  # MQ-CNN rungs: hidden width of a WindowMLP member (0: none)
     feedback_previous: bool | None = None  # mqcnn-feedback: read its previous forecasts (None: default)
 
@@ -868,7 +874,6 @@ class FeedForward:
     def fit(self, history: History, until: int) -> None:
         """Train on windows of columns ``< until`` within the time budget."""
         t0 = time.monotonic()
-        torch.manual_seed(self.spec.seed)
         rng = np.random.default_rng(self.spec.seed)
         hz = self.spec.horizons
         panel = _Panel(history.head(until), self.spec.context_length, self.vocab)
@@ -882,15 +887,19 @@ class FeedForward:
         keep = vt.ravel() >= panel.first[vi.ravel()]
         vi, vt = vi.ravel()[keep], vt.ravel()[keep]
         q = torch.tensor(self.spec.quantiles, device=self.device)
-        self.net = WindowMLP(
-            self.spec.context_length,
-            hz,
-            q.numel(),
-            panel.static.shape[1],
-            self.vocab,
-            self.hidden,
-            self.static_dim,
-        )
+        # The initial weights come from torch's global generator, seeded here; nets of an ensemble
+        # built on other threads at the same time must not draw from it in between.
+        with _NET_INIT, torch.random.fork_rng(devices=[]):
+            torch.manual_seed(self.spec.seed)
+            self.net = WindowMLP(
+                self.spec.context_length,
+                hz,
+                q.numel(),
+                panel.static.shape[1],
+                self.vocab,
+                self.hidden,
+                self.static_dim,
+            )
         # Calendar columns no training target moves (Easter's, without one in the history) would
         # otherwise keep their random initial weights and fire first in serving.
         ignored = silent_calendar(bucket_start_ms(panel.first_bucket + np.arange(until), panel.freq))
@@ -994,6 +1003,71 @@ class FeedForward:
         out = _monotone_nonneg(out.reshape(panel.n, o.size, self.spec.horizons, -1))
         out[_untracked(history, o)] = np.nan
         return out
+
+
+class FeedForwardEnsemble:
+    """Rung 3 with as many feed-forward nets as the MQ-CNN rungs average (``spec.ensemble``, else the
+    bucket unit's default: two on weekly data, one on the others), so the rungs above it differ
+    from it by their architecture, not by how many networks they average.
+
+    Net ``k`` is a :class:`FeedForward` from seed ``spec.seed + k``; the forecast is the mean of
+    their quantiles. On a CPU they train side by side, as many at a time as torch has threads, one
+    thread each (as ``model.train`` trains an ensemble's MQ-CNNs), and the rung takes ``K`` times
+    the budget either way (``model.train.member_budget_s``); each net stops at its own step cap, so
+    a step-bound run gives the same nets side by side as one after the other.
+    """
+
+    name = "ffn"
+
+    def __init__(self, spec: ForecastSpec, device: str | torch.device = "cpu", **net: object) -> None:
+        self.spec = spec
+        self.device = torch.device(device)
+        self.net_kwargs = net
+        self.nets: list[FeedForward] = []
+        self.info: dict[str, float] = {}
+
+    def fit(self, history: History, until: int) -> None:
+        """Train the nets on columns ``< until``."""
+        from model.network import default_args_for
+        from model.train import member_budget_s
+
+        t0 = time.monotonic()
+        k = self.spec.ensemble or default_args_for(history.freq).ensemble
+        workers = 1 if self.device.type != "cpu" else max(1, min(k, torch.get_num_threads()))
+        budget = member_budget_s(self.spec.max_seconds / 60.0, k, workers)
+        self.nets = [
+            FeedForward(
+                dataclasses.replace(self.spec, seed=self.spec.seed + i, max_seconds=budget),
+                device=self.device,
+                **self.net_kwargs,  # type: ignore[arg-type]
+            )
+            for i in range(k)
+        ]
+        if workers == 1:
+            for net in self.nets:
+                net.fit(history, until)
+        else:
+            threads = torch.get_num_threads()
+            torch.set_num_threads(1)
+            try:
+                with ThreadPoolExecutor(workers, thread_name_prefix="ffn") as pool:
+                    for done in [pool.submit(net.fit, history, until) for net in self.nets]:
+                        done.result()
+            finally:
+                torch.set_num_threads(threads)
+        self.info = {
+            "networks": float(k),
+            "steps": float(sum(n.info["steps"] for n in self.nets)),
+            "val_wql": float(np.mean([n.info["val_wql"] for n in self.nets])),
+            "seconds": round(time.monotonic() - t0, 1),
+        }
+
+    def predict(self, history: History, origins: np.ndarray) -> np.ndarray:
+        """The mean of the nets' quantile forecasts [N, O, H, Q] (see :class:`Forecaster`)."""
+        if not self.nets:
+            raise RuntimeError("ffn: predict before fit")
+        # The mean of non-decreasing, non-negative quantiles is both again.
+        return np.mean([net.predict(history, origins) for net in self.nets], axis=0).astype(np.float32)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -1122,7 +1196,7 @@ RUNGS: dict[str, Callable[[ForecastSpec, FeedbackReplay | None], Forecaster]] = 
     "naive": lambda spec, _: SeasonalNaive(spec),
     "ets": lambda spec, _: ExponentialSmoothing(spec),
     "qrf": lambda spec, _: QuantileForest(spec),
-    "ffn": lambda spec, _: FeedForward(spec),
+    "ffn": lambda spec, _: FeedForwardEnsemble(spec),
     "mqcnn": lambda spec, _: MQCNNForecaster(spec),
     "mqcnn-feedback": lambda spec, fb: MQCNNForecaster(spec, feedback_replay=_require(fb)),
 }

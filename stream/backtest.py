@@ -59,8 +59,8 @@ def add_backtest_arguments(parser: argparse.ArgumentParser) -> None:
         "--threads",
         type=positive_int,
         default=None,
-        help="torch CPU threads (default: all cores, as mqcast train); an ensemble's MQ-CNNs train this "
-        "many at a time, one thread each; give 1 to run two backtests side by side",
+        help="torch CPU threads (default: all cores, as mqcast train); an ensemble's networks train "
+        "this many at a time, one thread each; give 1 to run two backtests side by side",
     )
     parser.add_argument(
         "--leak-check",
@@ -99,8 +99,9 @@ def add_backtest_arguments(parser: argparse.ArgumentParser) -> None:
         "--ensemble",
         type=positive_int,
         default=None,
-        help="the MQ-CNN rungs train this many networks from consecutive seeds and forecast the mean "
-        "of their quantiles, each with the whole fit budget (default: 2 for weekly data, else 1)",
+        help="the ffn and MQ-CNN rungs train this many networks from consecutive seeds and forecast "
+        "the mean of their quantiles, each with the whole fit budget (default: 2 for weekly data, "
+        "else 1)",
     )
     parser.add_argument(
         "--window-member",
