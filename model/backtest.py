@@ -289,9 +289,9 @@ class BacktestResult:
                 else float("nan"),
             }
             for r in self.rungs:
-                row[f"wql_{r.name}"] = weighted_quantile_loss(self.actuals[members], r.forecasts[members], q)[
-                    1
-                ]
+                _, row[f"wql_{r.name}"] = weighted_quantile_loss(
+                    self.actuals[members], r.forecasts[members], q
+                )
             rows.append(row)
         return rows
 
