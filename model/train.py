@@ -700,7 +700,16 @@ def train(
 
     log: list[dict] = []
     gap: dict[str, float] = {}
-    bar = tqdm(total=total_steps * len(members), disable=not progress, desc="train", unit="step")
+    # The bar counts steps up to the epoch cap, but the clock usually ends the run first: it says
+    # the time budget instead of a remaining time estimated from the cap.
+    rounds = math.ceil(len(members) / workers)
+    bar = tqdm(
+        total=total_steps * len(members),
+        disable=not progress,
+        desc=f"train ({rounds * budget_s / 60.0:.3g} min budget)",
+        unit="step",
+        bar_format="{l_bar}{bar}| {n_fmt}/{total_fmt} [{elapsed}, {rate_fmt}{postfix}]",
+    )
     bar_lock = threading.Lock()  # members training side by side share the bar
     stop = threading.Event()  # set when one of them fails or the run is interrupted: the others end
 
