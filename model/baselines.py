@@ -1029,11 +1029,11 @@ class FeedForwardEnsemble:
     def fit(self, history: History, until: int) -> None:
         """Train the nets on columns ``< until``."""
         from model.network import default_args_for
-        from model.train import member_budget_s
+        from model.train import TrainConfig, member_budget_s, member_workers, one_torch_thread
 
         t0 = time.monotonic()
         k = self.spec.ensemble or default_args_for(history.freq).ensemble
-        workers = 1 if self.device.type != "cpu" else max(1, min(k, torch.get_num_threads()))
+        workers = member_workers(TrainConfig(device=str(self.device)), k)
         budget = member_budget_s(self.spec.max_seconds / 60.0, k, workers)
         self.nets = [
             FeedForward(
@@ -1047,14 +1047,9 @@ class FeedForwardEnsemble:
             for net in self.nets:
                 net.fit(history, until)
         else:
-            threads = torch.get_num_threads()
-            torch.set_num_threads(1)
-            try:
-                with ThreadPoolExecutor(workers, thread_name_prefix="ffn") as pool:
-                    for done in [pool.submit(net.fit, history, until) for net in self.nets]:
-                        done.result()
-            finally:
-                torch.set_num_threads(threads)
+            with one_torch_thread(), ThreadPoolExecutor(workers, thread_name_prefix="ffn") as pool:
+                for done in [pool.submit(net.fit, history, until) for net in self.nets]:
+                    done.result()
         self.info = {
             "networks": float(k),
             "steps": float(sum(n.info["steps"] for n in self.nets)),

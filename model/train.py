@@ -588,6 +588,18 @@ def member_workers(cfg: TrainConfig, members: int) -> int:
     return max(1, min(members, cfg.member_threads or torch.get_num_threads()))
 
 
+@contextlib.contextmanager
+def one_torch_thread() -> Iterator[None]:
+    """torch on one CPU thread inside the block, its thread count given back after: networks
+    trained side by side on threads take one each (the setting is the whole process's)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 def member_budget_s(max_minutes: float, members: int, workers: int) -> float:
     """Seconds each of ``members`` networks trains for when ``workers`` train at once: the
     ensemble takes ``members`` x ``max_minutes`` of the clock whatever ``workers`` is."""
@@ -702,11 +714,10 @@ def train(
     gap: dict[str, float] = {}
     # The bar counts steps up to the epoch cap, but the clock usually ends the run first: it says
     # the time budget instead of a remaining time estimated from the cap.
-    rounds = math.ceil(len(members) / workers)
     bar = tqdm(
         total=total_steps * len(members),
         disable=not progress,
-        desc=f"train ({rounds * budget_s / 60.0:.3g} min budget)",
+        desc=f"train ({len(members) * cfg.max_minutes:.3g} min budget)",
         unit="step",
         bar_format="{l_bar}{bar}| {n_fmt}/{total_fmt} [{elapsed}, {rate_fmt}{postfix}]",
     )
@@ -814,20 +825,14 @@ def train(
             for job in jobs:
                 log.extend(train_stage(*job))
             continue
-        # One torch thread per member: the process's setting is global, so it is restored after.
-        threads_before = torch.get_num_threads()
-        torch.set_num_threads(1)
-        try:
-            with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="member") as pool:
-                futures = [pool.submit(stopping_others, *job) for job in jobs]
-                try:
-                    for future in futures:
-                        log.extend(future.result())
-                except BaseException:
-                    stop.set()  # so that leaving the pool does not wait for the others' stages
-                    raise
-        finally:
-            torch.set_num_threads(threads_before)
+        with one_torch_thread(), ThreadPoolExecutor(max_workers=workers, thread_name_prefix="member") as pool:
+            futures = [pool.submit(stopping_others, *job) for job in jobs]
+            try:
+                for future in futures:
+                    log.extend(future.result())
+            except BaseException:
+                stop.set()  # so that leaving the pool does not wait for the others' stages
+                raise
     bar.close()
     for m in members:
         m.model.load_state_dict(m.best["state"])
