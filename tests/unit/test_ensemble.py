@@ -171,3 +171,27 @@ def test_an_ensemble_takes_its_members_minutes_however_many_train_at_once():
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
 def test_an_exported_ensemble_runs_on_cuda(tmp_path):
     assert_exported_runs_on_cuda(_ensemble(), ARGS, tmp_path / "m.pt")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+def test_an_ensemble_trains_on_the_gpu_each_member_drawing_origins_from_its_own_cuda_generator(
+    make_history, monkeypatch
+):
+    history = make_history(n_items=16, n_days=70)
+    args = dataclasses.replace(ARGS, n_static=0)
+    drawn_by: list[torch.Generator] = []
+    step_loss = training._step_loss
+
+    def recording(*a, **kw):
+        drawn_by.append(a[6] if len(a) > 6 else kw["generator"])
+        return step_loss(*a, **kw)
+
+    monkeypatch.setattr(training, "_step_loss", recording)
+    cfg = dataclasses.replace(CFG, device="cuda", member_threads=2, origin_sample=0.5, feedback_stages=1)
+    model, report = train(history, args, cfg, _zero_feedback(args), progress=False)
+    generators = {id(g): g for g in drawn_by}
+    assert len(generators) == 2  # one per member, though both were asked to train at once
+    assert all(g.device.type == "cuda" for g in generators.values())
+    assert all(not p.is_cuda for p in model.parameters())  # returned on the CPU, as documented
+    assert not torch.equal(*(m.global_mlp[0].weight for m in member_networks(model)))
+    assert np.isfinite(report["val_wql"])
