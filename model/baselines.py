@@ -871,8 +871,9 @@ class FeedForward:
         scale = torch.from_numpy(panel.scale[items, origins]).to(self.device)
         return self.net.scaled_quantiles(*x) * scale[:, None, None]
 
-    def fit(self, history: History, until: int) -> None:
-        """Train on windows of columns ``< until`` within the time budget."""
+    def fit(self, history: History, until: int, stop: threading.Event | None = None) -> None:
+        """Train on windows of columns ``< until`` within the time budget. Once ``stop`` is set
+        (a net training beside this one failed), it returns at its next step, the net unfinished."""
         t0 = time.monotonic()
         rng = np.random.default_rng(self.spec.seed)
         hz = self.spec.horizons
@@ -936,6 +937,9 @@ class FeedForward:
         step = 0
         bar = tqdm(total=self.max_steps, disable=not self.progress, desc="train ffn", unit="step")
         while step < self.max_steps:
+            if stop is not None and stop.is_set():
+                bar.close()
+                return
             elapsed = (time.monotonic() - loop_start) / loop_budget
             if elapsed >= 1.0:
                 break
@@ -1047,9 +1051,23 @@ class FeedForwardEnsemble:
             for net in self.nets:
                 net.fit(history, until)
         else:
+            # A net that fails ends the others at their next step rather than at their budget.
+            stop = threading.Event()
+
+            def fit_one(net: FeedForward) -> None:
+                try:
+                    net.fit(history, until, stop)
+                except BaseException:
+                    stop.set()
+                    raise
+
             with one_torch_thread(), ThreadPoolExecutor(workers, thread_name_prefix="ffn") as pool:
-                for done in [pool.submit(net.fit, history, until) for net in self.nets]:
-                    done.result()
+                try:
+                    for done in [pool.submit(fit_one, net) for net in self.nets]:
+                        done.result()
+                except BaseException:  # an interrupt in this thread ends them too
+                    stop.set()
+                    raise
         self.info = {
             "networks": float(k),
             "steps": float(sum(n.info["steps"] for n in self.nets)),

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 
 import numpy as np
+import pytest
 import torch
 from histories import seasonal_history
 
@@ -66,3 +67,27 @@ def test_without_an_ensemble_size_the_rung_has_as_many_nets_as_the_bucket_units_
     assert len(_fit(SPEC, threads=1).nets) == 1  # daily: one MQ-CNN
     assert len(_fit(SPEC, threads=1, freq="W").nets) == 2  # weekly: two
     assert isinstance(RUNGS["ffn"](SPEC, None), FeedForwardEnsemble)
+
+
+def test_a_net_that_fails_stops_the_one_beside_it(monkeypatch):
+    history = seasonal_history(n_items=10, n_days=90)
+    steps: dict[int, int] = {}
+    forward = FeedForward._forward
+
+    def failing(self, *a):
+        if self.net.training:
+            steps[self.spec.seed] = steps.get(self.spec.seed, 0) + 1
+            if self.spec.seed == 1 and steps[1] == 5:
+                raise RuntimeError("out of memory, say")
+        return forward(self, *a)
+
+    monkeypatch.setattr(FeedForward, "_forward", failing)
+    rung = FeedForwardEnsemble(dataclasses.replace(SPEC, ensemble=2), **{**NET, "max_steps": 100_000})
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        with pytest.raises(RuntimeError, match="out of memory"):
+            rung.fit(history, 80)
+    finally:
+        torch.set_num_threads(before)
+    assert steps[1] == 5 and steps[0] < 1_000  # of 100,000: net 0 stopped at its next step
