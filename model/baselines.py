@@ -28,11 +28,11 @@ The rungs, lowest first:
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import threading
 import time
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
@@ -1033,7 +1033,7 @@ class FeedForwardEnsemble:
     def fit(self, history: History, until: int) -> None:
         """Train the nets on columns ``< until``."""
         from model.network import default_args_for
-        from model.train import TrainConfig, member_budget_s, member_workers, one_torch_thread
+        from model.train import TrainConfig, member_budget_s, member_workers, side_by_side
 
         t0 = time.monotonic()
         k = self.spec.ensemble or default_args_for(history.freq).ensemble
@@ -1051,23 +1051,9 @@ class FeedForwardEnsemble:
             for net in self.nets:
                 net.fit(history, until)
         else:
-            # A net that fails ends the others at their next step rather than at their budget.
-            stop = threading.Event()
-
-            def fit_one(net: FeedForward) -> None:
-                try:
-                    net.fit(history, until, stop)
-                except BaseException:
-                    stop.set()
-                    raise
-
-            with one_torch_thread(), ThreadPoolExecutor(workers, thread_name_prefix="ffn") as pool:
-                try:
-                    for done in [pool.submit(fit_one, net) for net in self.nets]:
-                        done.result()
-                except BaseException:  # an interrupt in this thread ends them too
-                    stop.set()
-                    raise
+            stop = threading.Event()  # a net that fails ends the others at their next step
+            fits = [functools.partial(net.fit, history, until, stop) for net in self.nets]
+            side_by_side(fits, workers, stop, "ffn")
         self.info = {
             "networks": float(k),
             "steps": float(sum(n.info["steps"] for n in self.nets)),

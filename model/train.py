@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import dataclasses
+import functools
 import math
 import threading
 import time
@@ -600,6 +601,30 @@ def one_torch_thread() -> Iterator[None]:
         torch.set_num_threads(before)
 
 
+def side_by_side(
+    jobs: list[Callable[[], _Out]], workers: int, stop: threading.Event, name: str
+) -> list[_Out]:
+    """The results of ``jobs``, in order, run on ``workers`` threads named ``name`` with torch on one
+    CPU thread each. A job that fails, or an interrupt while waiting, sets ``stop`` before the
+    error is raised: the jobs watch it and end at their next step, instead of the pool waiting
+    for them to train out their budgets."""
+
+    def stopping_others(job: Callable[[], _Out]) -> _Out:
+        try:
+            return job()
+        except BaseException:
+            stop.set()
+            raise
+
+    with one_torch_thread(), ThreadPoolExecutor(max_workers=workers, thread_name_prefix=name) as pool:
+        futures = [pool.submit(stopping_others, job) for job in jobs]
+        try:
+            return [future.result() for future in futures]
+        except BaseException:
+            stop.set()
+            raise
+
+
 def member_budget_s(max_minutes: float, members: int, workers: int) -> float:
     """Seconds each of ``members`` networks trains for when ``workers`` train at once: the
     ensemble takes ``members`` x ``max_minutes`` of the clock whatever ``workers`` is."""
@@ -791,14 +816,6 @@ def train(
         m.elapsed += time.monotonic() - stage_start
         return entries
 
-    def stopping_others(*job) -> list[dict]:
-        """``train_stage(*job)``, ending the other members' stages if it fails."""
-        try:
-            return train_stage(*job)
-        except BaseException:
-            stop.set()
-            raise
-
     # The window member trained with a budget of its own; the MQ-CNNs' clocks leave it out.
     setup_s = time.monotonic() - t_start - window_info.get("seconds", 0.0)
     for m in members:
@@ -825,14 +842,9 @@ def train(
             for job in jobs:
                 log.extend(train_stage(*job))
             continue
-        with one_torch_thread(), ThreadPoolExecutor(max_workers=workers, thread_name_prefix="member") as pool:
-            futures = [pool.submit(stopping_others, *job) for job in jobs]
-            try:
-                for future in futures:
-                    log.extend(future.result())
-            except BaseException:
-                stop.set()  # so that leaving the pool does not wait for the others' stages
-                raise
+        stages = side_by_side([functools.partial(train_stage, *job) for job in jobs], workers, stop, "member")
+        for entries in stages:
+            log.extend(entries)
     bar.close()
     for m in members:
         m.model.load_state_dict(m.best["state"])
