@@ -21,6 +21,10 @@ if TYPE_CHECKING:
 #: The ladder, lowest rung first: the keys of ``model.baselines.RUNGS`` (a test keeps them equal).
 LADDER = ("naive", "ets", "qrf", "ffn", "mqcnn", "mqcnn-feedback")
 
+#: Each trained rung's fit budget by default: ``mqcast train``'s (``TrainConfig.max_minutes``; a
+#: test keeps them equal), so the backtest scores the model that ``train`` would ship.
+DEFAULT_MINUTES_PER_RUNG = 4.0
+
 
 def add_backtest_arguments(parser: argparse.ArgumentParser) -> None:
     """The options of ``mqcast backtest``."""
@@ -45,7 +49,11 @@ def add_backtest_arguments(parser: argparse.ArgumentParser) -> None:
         help="buckets forecast (default: D 14, W 8, M 6, h 24)",
     )
     parser.add_argument(
-        "--max-minutes-per-rung", type=positive_float, default=3.0, help="fit budget of each trained rung"
+        "--max-minutes-per-rung",
+        type=positive_float,
+        default=DEFAULT_MINUTES_PER_RUNG,
+        help=f"fit budget of each trained network, in minutes (default {DEFAULT_MINUTES_PER_RUNG:g}, "
+        "as mqcast train)",
     )
     parser.add_argument(
         "--bucket",

@@ -23,6 +23,7 @@ from model.backtest import (
 from model.baselines import RUNGS, ForecastSpec
 from model.errors import ModelError
 from model.history import History, dates_to_buckets
+from model.train import TrainConfig
 from stream.backtest import LADDER, add_backtest_arguments, run_backtest_command
 
 torch.set_num_threads(1)
@@ -266,6 +267,12 @@ def test_command_line(tmp_path, capsys):
 
 def test_the_command_line_names_every_rung_in_ladder_order():
     assert tuple(RUNGS) == LADDER
+
+
+def test_the_backtest_gives_each_network_the_budget_mqcast_train_gives_it():
+    args = argparse.ArgumentParser()
+    add_backtest_arguments(args)
+    assert args.parse_args(["--data", "x.csv"]).max_minutes_per_rung == TrainConfig().max_minutes
 
 
 def test_calibration_row_marks_a_level_outside_its_shares_beyond_the_tolerance():
