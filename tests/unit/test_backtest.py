@@ -270,9 +270,9 @@ def test_the_command_line_names_every_rung_in_ladder_order():
 
 
 def test_the_backtest_gives_each_network_the_budget_mqcast_train_gives_it():
-    args = argparse.ArgumentParser()
-    add_backtest_arguments(args)
-    assert args.parse_args(["--data", "x.csv"]).max_minutes_per_rung == TrainConfig().max_minutes
+    parser = argparse.ArgumentParser()
+    add_backtest_arguments(parser)
+    assert parser.parse_args(["--data", "x.csv"]).max_minutes_per_rung == TrainConfig().max_minutes
 
 
 def test_calibration_row_marks_a_level_outside_its_shares_beyond_the_tolerance():
