@@ -6,9 +6,10 @@ as many batches queued with the model as the service queues (``Predictor.depth``
 runs only the scripted forward, over ready tensors of the same rows in batches of the same size, in
 the same run.
 
-On a CPU both are measured in the two ways the predictor can run the model: one model thread whose
-forwards torch splits over its team of threads (torch's default), and one worker per thread, each
-running whole batches single-threaded (the service's default). Each step's ratio is given against
+The two are timed by turns (:func:`alternated`), so that the machine's drift over the run falls on
+both alike. On a CPU both are measured in the two ways the predictor can run the model: one model
+thread whose forwards torch splits over its team of threads (torch's default), and one worker per
+thread, each running whole batches single-threaded (the service's default). Each step's ratio is given against
 the faster of the two bare forwards at that batch size.
 """
 
@@ -59,11 +60,39 @@ def rate(fn: Callable[[], None], rows: int, min_s: float = 2.0) -> float:
     """Rows per second of ``fn`` (which handles ``rows`` rows a call), over at least ``min_s``."""
     fn()  # warm-up (twice: the TorchScript executor optimises at its second call)
     fn()
+    n, seconds = _timed(fn, min_s)
+    return n * rows / seconds
+
+
+def _timed(fn: Callable[[], None], min_s: float) -> tuple[int, float]:
+    """Calls of ``fn`` made in at least ``min_s`` seconds (one at least), and the seconds they took."""
     n, t0 = 0, time.perf_counter()
-    while time.perf_counter() - t0 < min_s:
+    while n == 0 or time.perf_counter() - t0 < min_s:
         fn()
         n += 1
-    return n * rows / (time.perf_counter() - t0)
+    return n, time.perf_counter() - t0
+
+
+def alternated(
+    fns: dict[str, Callable[[], None]], rows: int, min_s: float = 2.0, rounds: int = 4
+) -> dict[str, float]:
+    """Rows per second of each of ``fns`` (each handles ``rows`` rows a call), run by turns:
+    ``rounds`` windows of ``min_s / rounds`` seconds each, one function after another.
+
+    On a shared machine the speed drifts by tens of percent over seconds; figures taken one after
+    the other (the bare forward for two seconds, then the step) put that drift into their ratio,
+    while windows taken by turns share it."""
+    for fn in fns.values():  # warm-up (twice: the TorchScript executor optimises at its second call)
+        fn()
+        fn()
+    calls = dict.fromkeys(fns, 0)
+    seconds = dict.fromkeys(fns, 0.0)
+    for _ in range(rounds):
+        for name, fn in fns.items():
+            n, s = _timed(fn, min_s / rounds)
+            calls[name] += n
+            seconds[name] += s
+    return {name: calls[name] * rows / seconds[name] for name in fns}
 
 
 def service_step(
@@ -231,8 +260,14 @@ def run(
         bare: dict[str, float] = {}
         steps: dict[str, tuple[int, float]] = {}
         for name, predictor in layouts[precision].items():
-            bare[name] = rate(bare_forward(predictor, tensors, b), n, min_s)
-            steps[name] = (predictor.depth, rate(partial(work.step, predictor, b), n, min_s))
+            # By turns, so that the machine's drift falls on both figures of the ratio alike.
+            figures = alternated(
+                {"bare": bare_forward(predictor, tensors, b), "step": partial(work.step, predictor, b)},
+                n,
+                min_s,
+            )
+            bare[name] = figures["bare"]
+            steps[name] = (predictor.depth, figures["step"])
             if name == next(reversed(layouts[precision])):  # the service's default
                 split = work.parts(predictor, b)
             predictor.close()  # one layout's threads at a time, as the service runs one predictor
@@ -272,7 +307,12 @@ def main(argv: list[str] | None = None) -> None:
         default="fp32",
         help="comma-separated dtypes the model's layers compute in: fp32, bf16, fp16 (default: fp32)",
     )
-    p.add_argument("--seconds", type=float, default=2.0, help="minimum time per figure (default: 2)")
+    p.add_argument(
+        "--seconds",
+        type=float,
+        default=2.0,
+        help="minimum time per figure, in four windows taken by turns with the other figure (default: 2)",
+    )
     p.add_argument(
         "--ensemble", type=positive_int, default=1, help="an ensemble of this many networks (default: 1)"
     )
