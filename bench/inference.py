@@ -169,16 +169,18 @@ class Workload:
 
     def parts(self, predictor: Predictor, batch: int, rounds: int = 3) -> dict[str, float]:
         """µs per forecast of each part of the step, run one after another (best of ``rounds``):
-        input assembly, the model (all batches queued with the predictor at once, copies included),
-        the ledger and the JSON of the messages."""
+        input assembly (a model batch at a time, as the step assembles them), the model (all
+        batches queued with the predictor at once, copies included), the ledger and the JSON of
+        the messages."""
         best: dict[str, float] = {}
+        spans = chunks(self.rows, batch)
         for _ in range(rounds):
+            pending = PendingInputs([self.closed], "D", self.cfg.horizons, self.statics, self.calendar)
             t0 = time.perf_counter()
-            inputs = inputs_for(self.closed, "D", self.cfg.horizons, self.statics, self.calendar)
+            inputs = [pending.slice(*span) for span in spans]
             t1 = time.perf_counter()
             out = np.empty((self.rows, self.cfg.horizons, len(self.cfg.quantiles)), dtype=np.float32)
-            spans = chunks(self.rows, batch)
-            futures = [predictor.submit(inputs.slice(*span)) for span in spans]
+            futures = [predictor.submit(piece) for piece in inputs]
             for (start, stop), future in zip(spans, futures, strict=True):
                 out[start:stop] = future.result()[0]
             t2 = time.perf_counter()
