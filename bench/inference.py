@@ -9,8 +9,8 @@ the same run.
 The two are timed by turns (:func:`alternated`), so that the machine's drift over the run falls on
 both alike. On a CPU both are measured in the two ways the predictor can run the model: one model
 thread whose forwards torch splits over its team of threads (torch's default), and one worker per
-thread, each running whole batches single-threaded (the service's default). Each step's ratio is given against
-the faster of the two bare forwards at that batch size.
+thread, each running whole batches single-threaded (the service's default). Each step's ratio is
+given against the faster of the two bare forwards at that batch size.
 """
 
 from __future__ import annotations
