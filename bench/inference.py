@@ -58,10 +58,7 @@ def _closed_bucket(n_items: int, cfg: StateConfig) -> tuple[PartitionState, Clos
 
 def rate(fn: Callable[[], None], rows: int, min_s: float = 2.0) -> float:
     """Rows per second of ``fn`` (which handles ``rows`` rows a call), over at least ``min_s``."""
-    fn()  # warm-up (twice: the TorchScript executor optimises at its second call)
-    fn()
-    n, seconds = _timed(fn, min_s)
-    return n * rows / seconds
+    return alternated({"fn": fn}, rows, min_s, rounds=1)["fn"]
 
 
 def _timed(fn: Callable[[], None], min_s: float) -> tuple[int, float]:
