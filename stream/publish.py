@@ -14,7 +14,15 @@ from kafka.producer.future import FutureProduceResult
 from state.buckets import bucket_start
 from stream.bulk_send import send_keyed, unacknowledged
 from stream.errors import PublishError
-from stream.values_json import values_json
+from stream.values_json import scaled_values, values_json
+
+try:
+    from stream import _messages as _native
+except ImportError:  # built without a C compiler (setup.py): the same messages, written in Python
+    _native = None
+
+#: Whether this install writes forecast messages in C (``stream/_messages.c``).
+NATIVE_MESSAGES = _native is not None
 
 #: Version of the forecast message contract (DESIGN.md); bump it when a field changes meaning.
 FORECAST_SCHEMA = 1
@@ -47,10 +55,19 @@ def iso_ms(ms: int) -> str:
 
 
 def encode_forecasts(
-    fmt: ForecastFormat, item_ids: Sequence[str], origin: int, values: np.ndarray, produced_ms: int
+    fmt: ForecastFormat,
+    item_ids: Sequence[str],
+    origin: int,
+    values: np.ndarray,
+    produced_ms: int,
+    native: bool = True,
 ) -> list[bytes]:
     """JSON forecast messages (DESIGN.md contract) for the items of one origin bucket; ``values``
-    [N, H, Q] are published rounded to thousandths (:func:`stream.values_json.values_json`)."""
+    [N, H, Q] are published rounded to thousandths (:func:`stream.values_json.values_json`).
+
+    Written in C where the extension was built (``native``, the default; :data:`NATIVE_MESSAGES`),
+    otherwise in Python: the same bytes either way, the C path about five times faster.
+    """
     origin_ms = int(bucket_start(origin, fmt.freq))
     common = {
         "schema": FORECAST_SCHEMA,
@@ -67,12 +84,18 @@ def encode_forecasts(
     middle = b"," + orjson.dumps(common)[1:-1] + b',"values":'
     if len(item_ids) != len(values):
         raise ValueError(f"{len(item_ids)} items but {len(values)} rows of values")
-    dumps, join = orjson.dumps, b"".join
+    if native and _native is not None and values.ndim == 3 and len(values):
+        messages, left = _native.messages(item_ids, middle, scaled_values(values), *values.shape[1:])
+        # The rows C leaves (ids that need escaping, values orjson must write) take the Python path.
+        for i, text in zip(left, values_json(values[left]), strict=True):
+            messages[i] = _message(item_ids[i], middle, text)
+        return messages
+    return [_message(item, middle, text) for item, text in zip(item_ids, values_json(values), strict=True)]
+
+
+def _message(item: str, middle: bytes, text: bytes) -> bytes:
     # One join per message (not four concatenations): each copies the whole message once.
-    return [
-        join((b'{"item_id":', dumps(item), middle, text, b"}"))
-        for item, text in zip(item_ids, values_json(values), strict=True)
-    ]
+    return b"".join((b'{"item_id":', orjson.dumps(item), middle, text, b"}"))
 
 
 class Publisher:

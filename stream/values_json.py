@@ -8,6 +8,10 @@ with the brackets between rows and messages, are laid out in one array whose byt
 and cut at a marker byte, are the messages' value arrays (`python -m bench inference` times it).
 A message with any value outside the table (1,000 units or more, negative, NaN) is formatted by
 orjson from the same rounded values instead.
+
+Where the C extension was built (``stream/_messages.c``), :func:`stream.publish.encode_forecasts`
+writes whole messages in C with the same text, and this module serves the rows it leaves (values
+orjson must write, ids that need escaping) and installs without a C compiler.
 """
 
 from __future__ import annotations
@@ -53,6 +57,13 @@ def prepare_values_json() -> None:
     _cells()
 
 
+def scaled_values(values: np.ndarray) -> np.ndarray:
+    """``values`` in thousandths of a unit, rounded to whole numbers (half to even), as float64 in a
+    new C-contiguous array: the published numbers are these divided by 1000."""
+    scaled = np.multiply(values, float(_SCALE), dtype=np.float64)
+    return np.rint(scaled, out=scaled)
+
+
 def rounded(values: np.ndarray) -> np.ndarray:
     """``values`` as published: float64, rounded to :data:`DECIMALS` decimals."""
     return np.round(np.asarray(values, dtype=np.float64), DECIMALS)
@@ -74,8 +85,7 @@ def _block_json(values: np.ndarray) -> list[bytes]:
     n, h, q = values.shape
     if n == 0:
         return []
-    scaled = np.multiply(values, float(_SCALE), dtype=np.float64)
-    np.rint(scaled, out=scaled)
+    scaled = scaled_values(values)
     inside = (scaled >= 0) & (scaled < _LIMIT)  # False for NaN
     fits = inside.reshape(n, -1).all(axis=1)
     scaled[~inside] = 0

@@ -575,12 +575,19 @@ def test_dockerfile_healthcheck_asks_healthz_with_valid_python():
     compile(exec_form[2], "<healthcheck>", "exec")
 
 
+def test_dockerfile_builds_the_c_messages_and_checks_they_load():
+    builder = " ".join(arg for word, arg in _dockerfile_instructions() if word == "RUN")
+    assert "gcc" in builder, "the builder needs a C compiler for stream._messages"
+    assert "import stream._messages" in builder, "a build that lost the extension must fail"
+
+
 def test_dockerfile_copies_the_packages_and_dockerignore_keeps_them():
     pyproject = tomllib.loads((REPO / "pyproject.toml").read_text(encoding="utf-8"))
     copied = {
         arg.split()[0] for word, arg in _dockerfile_instructions() if word == "COPY" and "--from" not in arg
     }
     needed = {*pyproject["tool"]["setuptools"]["packages"], "pyproject.toml", pyproject["project"]["readme"]}
+    needed.add("setup.py")  # the C extension's build (stream._messages)
     assert needed <= copied
     ignored = {
         line.strip().lstrip("/")

@@ -6,7 +6,7 @@ import numpy as np
 import orjson
 import pytest
 
-from stream.publish import ForecastFormat, encode_forecasts
+from stream.publish import NATIVE_MESSAGES, ForecastFormat, encode_forecasts
 from stream.values_json import DECIMALS, rounded, values_json
 
 FMT = ForecastFormat("D", "m-1", (0.1, 0.5, 0.9), 4)
@@ -78,3 +78,40 @@ def test_a_forecast_message_holds_the_contract_fields():
 def test_items_and_values_must_pair_up():
     with pytest.raises(ValueError, match="2 items but 1 rows"):
         encode_forecasts(FMT, ["a", "b"], 0, np.zeros((1, 4, 3), np.float32), 0)
+
+
+native = pytest.mark.skipif(not NATIVE_MESSAGES, reason="stream._messages was not built (no C compiler)")
+
+ODD_IDS = ["sku-1", 'sku "2"', "back\\slash", "tab\there", "new\nline", "ünïcödé-€", "del\x7f", "", "x" * 600]
+ODD_VALUES = [0.0, -0.0, 0.0004, 0.0005, 0.0015, 7.0, 999.9994, 999.9996, 1000.0, 25_431.77, 1e11, 1e12,
+              1e13, -0.25, float("nan"), float("inf"), float("-inf")]  # fmt: skip
+
+
+@native
+def test_the_c_messages_are_byte_for_byte_the_python_ones():
+    rng = np.random.default_rng(3)
+    values = rng.gamma(0.5, 30.0, size=(400, 4, 3)).astype(np.float32)
+    ids = [f"item-{i}" for i in range(len(values))]
+    for i, (item, odd) in enumerate(zip(ODD_IDS * 2, ODD_VALUES + ODD_VALUES[:1], strict=True)):
+        ids[10 * i] = item  # odd ids with ordinary values
+        values[10 * i + 5, i % 4, i % 3] = odd  # odd values with ordinary ids
+    for dtype in (np.float32, np.float64):
+        v = values.astype(dtype)
+        for items in (ids, np.array(ids, dtype=object)):
+            fast = encode_forecasts(FMT, items, 20_000, v, 1_800_000_000_000)
+            assert fast == encode_forecasts(FMT, items, 20_000, v, 1_800_000_000_000, native=False)
+    assert [orjson.loads(m)["item_id"] for m in fast] == ids
+
+
+@native
+def test_the_c_messages_write_every_thousandth_as_orjson_does():
+    k = np.concatenate([np.arange(0, 2_000_000, 7), np.random.default_rng(4).integers(0, 10**15, 20_000)])
+    values = (k / 1000).reshape(-1, 1, 1)
+    messages = encode_forecasts(ForecastFormat("D", "m", (0.5,), 1), ["i"] * len(values), 0, values, 0)
+    texts = [m[m.index(b'"values":') + 9 : -1] for m in messages]
+    assert texts == [b"[[" + orjson.dumps(float(v)) + b"]]" for v in values.ravel()]
+
+
+@pytest.mark.parametrize("in_c", [True, False])
+def test_a_batch_of_no_items_has_no_messages(in_c):
+    assert encode_forecasts(FMT, [], 0, np.zeros((0, 4, 3), np.float32), 0, native=in_c) == []
