@@ -6,11 +6,6 @@ per second. The service runs on a 4-partition topic, as ``--members`` members of
 (each its own process, sharing the cores); each partition's closed bucket counts from the moment it
 closed to the broker's acknowledgement of its last forecast. Several loads (``--items
 2500,5000,10000``) give a latency curve, one table each, against one broker.
-
-The topics are new for each load. Before the load each forecast partition gets one record, as a
-deployed service's forecast topic has had: without it, the first day's forecasts waited up to
-230 ms longer for their acknowledgements in three runs of six (2026-11-27), none of three with it
-did (``--fresh-topics`` runs without it).
 """
 
 from __future__ import annotations
@@ -147,12 +142,10 @@ def run(
     max_delay_ms: float,
     members: int = 1,
     workers: int = 0,
-    fresh_topics: bool = False,
 ) -> list[tuple[str, str]]:
     """One load: ``items`` items closing ``days_per_second`` times a second, for ``days`` days,
     served by ``members`` members of one consumer group, each in its own process with ``workers``
-    model threads (0: the service's default); ``fresh_topics``: no record in the forecast topic
-    before the load."""
+    model threads (0: the service's default)."""
     with tempfile.TemporaryDirectory() as tmp:
         events = Path(tmp) / "events.csv"
         n_events = _write_events(events, items, days)
@@ -168,8 +161,6 @@ def run(
             bootstrap,
             service_topics(kafka.sales_topic, kafka.forecast_topic, kafka.dead_letter_topic, PARTITIONS),
         )
-        if not fresh_topics:
-            _first_writes(bootstrap, kafka.forecast_topic, PARTITIONS)
         model = default_model(Path(tmp))
         cfg = ServiceConfig(
             kafka=kafka,
@@ -245,10 +236,6 @@ def run(
             f"{PARTITIONS} partitions",
         ),
         ("events", f"{n_read:,} of {n_events:,} in {elapsed:.1f} s ({n_read / elapsed:,.0f}/s)"),
-        (
-            "forecast topic before the load",
-            "new, empty" if fresh_topics else "new, one record written to each partition",
-        ),
         ("forecasts published", f"{n_forecasts:,} ({n_forecasts / elapsed:,.0f}/s)"),
         ("micro-batches", f"{lat.size:,} (max {max_batch}, max delay {max_delay_ms:g} ms)"),
         ("close -> ack latency p50", f"{np.percentile(lat, 50):.0f} ms"),
@@ -282,17 +269,6 @@ def run(
             f"{floor_ms:.0f} ms (p99 / this: {np.percentile(lat, 99) / floor_ms:.1f})",
         ),
     ]
-
-
-def _first_writes(bootstrap: str, topic: str, partitions: int) -> None:
-    """One record to each partition of ``topic``, by another producer than the service's."""
-    producer = KafkaProducer(bootstrap_servers=bootstrap, **PRODUCER_SETTINGS)
-    try:
-        for partition in range(partitions):
-            producer.send(topic, value=b"{}", key=b"first-write", partition=partition)
-        producer.flush()
-    finally:
-        producer.close()
 
 
 def _forecast_message(model: Path) -> bytes:
@@ -347,12 +323,6 @@ def main(argv: list[str] | None = None) -> None:
         default=0,
         help="model threads per member, as serve's --model-workers (default 0: the service's default)",
     )
-    p.add_argument(
-        "--fresh-topics",
-        action="store_true",
-        help="leave the new forecast topic empty until the load (default: one record to each partition "
-        "first, as a deployed service's topic has had)",
-    )
     a = p.parse_args(argv)
     if max(a.members) > PARTITIONS:
         p.error(f"--members: at most {PARTITIONS}, one partition each")
@@ -368,7 +338,6 @@ def main(argv: list[str] | None = None) -> None:
                     a.max_delay_ms,
                     members,
                     a.model_workers,
-                    a.fresh_topics,
                 )
                 print(table(rows, f"End-to-end latency, {items:,} items, {members} member(s) ({machine()})"))
                 print()
