@@ -23,8 +23,9 @@ ENV PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PYTHONDONTWRITEBYTECODE=1
 
-# A C compiler for the one C extension (the forecast messages' text, stream/_messages.c); only
-# this stage has it, the runtime stage gets the built module.
+# A C compiler for the C extensions of the publishing hot path (stream/_messages.c, the forecast
+# messages' text; stream/_records.c, their Kafka record framing); only this stage has it, the
+# runtime stage gets the built modules.
 RUN apt-get update \
     && apt-get install -y --no-install-recommends gcc libc6-dev \
     && rm -rf /var/lib/apt/lists/*
@@ -42,7 +43,7 @@ RUN if [ -n "$TORCH_INDEX_URL" ]; then pip install --index-url "$TORCH_INDEX_URL
     && pip install -r /tmp/requirements.txt
 
 # The package itself: a regular (not editable) install of stream, model and state, with the C
-# extension (setup.py; the import fails the build if it was not compiled). README.md is
+# extensions (setup.py; the import fails the build if one was not compiled). README.md is
 # the project's long description, so the build needs it. The bundled data set is not copied: serve
 # does not read it, and the compose file mounts ../data for the train and replay jobs.
 COPY README.md ./
@@ -51,7 +52,7 @@ COPY stream ./stream
 COPY model ./model
 COPY state ./state
 RUN pip install --no-deps . \
-    && python -c "import stream._messages" \
+    && python -c "import stream._messages, stream._records" \
     && mqcast --help > /dev/null
 
 # --- runtime ------------------------------------------------------------------------------------

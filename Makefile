@@ -22,8 +22,8 @@ $(DEPS_STAMP): pyproject.toml
 # The environment is shared by clones: point it at this checkout every time (seconds).
 setup: $(DEPS_STAMP)
 	@$(BIN)/python -m pip install -q --no-deps --no-build-isolation -e . >/dev/null
-	@$(BIN)/python -c "import stream._messages" 2>/dev/null \
-		|| echo "note: stream/_messages.c was not compiled (no C compiler?): forecast messages are written in Python, slower"
+	@$(BIN)/python -c "import stream._messages, stream._records" 2>/dev/null \
+		|| echo "note: stream/_messages.c and _records.c were not compiled (no C compiler?): forecasts are published through the slower Python path"
 
 demo: setup
 	$(BIN)/mqcast demo

@@ -5,8 +5,9 @@ the partitioner, a size estimate, a lock, a record future and a record encoded b
 Python), which made the producer the largest part of a bucket's latency: 10k forecasts spent about
 200 ms in ``send`` alone, even with their partitions given. Forecasts arrive as a batch whose
 partitions are already known, so this module writes them straight into the producer's open record
-batches: one lock per partition and batch, each record's bytes assembled from precomputed varints,
-and one future per record batch rather than per record (``python -m bench publish`` measures both).
+batches: one lock per partition and batch, the records framed in C (``stream/_records.c``; in
+Python from precomputed varints where it was not built), and one future per record batch rather
+than per record (``python -m bench publish`` measures both).
 
 It reaches into the producer's accumulator, so it is tied to the kafka-python release pinned in
 pyproject.toml; ``tests/unit/test_bulk_send.py`` checks that it writes the very bytes the accumulator's own
@@ -36,6 +37,11 @@ from kafka.structs import TopicPartition
 
 from stream.errors import PublishError
 from stream.partitioner import key_partitions
+
+try:
+    from stream import _records as _native
+except ImportError:  # built without a C compiler (setup.py): the same records, framed in Python
+    _native = None
 
 
 def _varint(value: int) -> bytes:
@@ -68,30 +74,13 @@ class Appended:
         return self.batches[-1]
 
 
-def _fill(
-    batch: ProducerBatch,
-    timestamp_ms: int,
-    keys: Sequence[bytes],
-    values: Sequence[bytes],
-    start: int,
-    now: float,
-) -> int:
-    """Write records ``start..`` into ``batch`` while they fit; returns the index of the first that did not.
-
-    Writes exactly what ``DefaultRecordBatchBuilder.append`` would for a record without headers,
-    with the timestamp delta and offset delta of its position. The caller holds the partition lock.
-    """
-    records = batch.records
-    builder = records._builder
-    if records._closed or not isinstance(builder, DefaultRecordBatchBuilder):
-        return start
-    if builder._first_timestamp is None:
-        return start
-    buffer = builder._buffer
-    limit = builder._batch_size
-    offset = records._next_offset
-    head = b"\x00" + varint(timestamp_ms - builder._first_timestamp)  # attributes, timestamp delta
-    size = len(buffer)
+def _frame(
+    head: bytes, offset: int, keys: Sequence[bytes], values: Sequence[bytes], start: int, room: int
+) -> tuple[bytes, int, int]:
+    """Records ``start..stop`` framed one after another while they fit in ``room`` bytes, their
+    offset deltas from ``offset`` on: (their bytes, ``stop``, the largest record's size). The
+    Python twin of ``stream._records.frame``."""
+    size = 0
     largest = 0
     i = start
     n = len(keys)
@@ -106,7 +95,7 @@ def _fill(
             body = join((head, varint(offset), varint(len(key)), key, varint(len(value)), value, b"\x00"))
             length = varint(len(body))
         need = len(length) + len(body)
-        if size + need > limit:
+        if size + need > room:
             break
         parts.append(length)
         parts.append(body)
@@ -114,9 +103,40 @@ def _fill(
         largest = max(largest, need)
         offset += 1
         i += 1
+    return b"".join(parts), i, largest
+
+
+def _fill(
+    batch: ProducerBatch,
+    timestamp_ms: int,
+    keys: Sequence[bytes],
+    values: Sequence[bytes],
+    start: int,
+    now: float,
+) -> int:
+    """Write records ``start..`` into ``batch`` while they fit; returns the index of the first that did not.
+
+    Writes exactly what ``DefaultRecordBatchBuilder.append`` would for a record without headers,
+    with the timestamp delta and offset delta of its position. The caller holds the partition lock.
+    The records are framed in C where the extension was built (``stream/_records.c``), else in
+    Python (:func:`_frame`), the same bytes either way.
+    """
+    records = batch.records
+    builder = records._builder
+    if records._closed or not isinstance(builder, DefaultRecordBatchBuilder):
+        return start
+    if builder._first_timestamp is None:
+        return start
+    buffer = builder._buffer
+    offset = records._next_offset
+    head = b"\x00" + varint(timestamp_ms - builder._first_timestamp)  # attributes, timestamp delta
+    room = builder._batch_size - len(buffer)
+    frame = _native.frame if _native is not None else _frame
+    framed, i, largest = frame(head, offset, keys, values, start, room)
     if i == start:
         return start
-    buffer += b"".join(parts)
+    buffer += framed
+    offset += i - start
     builder._num_records += i - start
     builder._last_offset = offset - 1
     builder._max_timestamp = max(builder._max_timestamp, timestamp_ms)

@@ -10,10 +10,21 @@ from kafka.producer.record_accumulator import RecordAccumulator
 from kafka.record.memory_records import MemoryRecords
 from kafka.structs import TopicPartition
 
+import stream.bulk_send
 from stream.bulk_send import append_records, varint
 
 TP = TopicPartition("forecasts", 0)
 TS = 1_764_000_000_000
+
+
+@pytest.fixture(autouse=True, params=["C", "Python"])
+def framing(request, monkeypatch):
+    """Every test runs with the records framed in C (``stream/_records.c``) and in Python."""
+    if request.param == "C" and stream.bulk_send._native is None:
+        pytest.skip("stream._records was not built (no C compiler)")
+    if request.param == "Python":
+        monkeypatch.setattr(stream.bulk_send, "_native", None)
+    return request.param
 
 
 def records(n: int, seed: int = 0, sizes: tuple[int, int] = (1, 400)) -> tuple[list[bytes], list[bytes]]:
