@@ -10,8 +10,9 @@ A message with any value outside the table (1,000 units or more, negative, NaN) 
 orjson from the same rounded values instead.
 
 Where the C extension was built (``stream/_messages.c``), :func:`stream.publish.encode_forecasts`
-writes whole messages in C with the same text, and this module serves the rows it leaves (values
-orjson must write, ids that need escaping) and installs without a C compiler.
+writes whole messages in C with the same text; this module then writes only the values of the
+rows C leaves (NaN, negative values, ids that need escaping), and all of them on installs
+without a C compiler.
 """
 
 from __future__ import annotations
