@@ -29,6 +29,15 @@ step() {
     [ "$rc" -eq 0 ] || { echo "== $name failed (exit $rc)"; failed=1; }
 }
 
+# The publishing hot path's C extensions (setup.py) are built at install, and a copy of the
+# checkout may lack them: build them in place if so, and say which path the figures are of.
+if ! "$py" -c "import stream._messages, stream._records" 2>/dev/null; then
+    "$py" setup.py -q build_ext --inplace >/dev/null 2>&1 || echo "== the C extensions could not be built"
+fi
+"$py" -c "import stream.bulk_send as b, stream.publish as p
+print('messages written in', 'C' if p.NATIVE_MESSAGES else 'Python', '/ records framed in', 'C' if b._native else 'Python')" |
+    tee "$out/extensions.txt"
+
 if command -v nvidia-smi >/dev/null; then
     nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv | tee "$out/gpu.txt"
 fi
