@@ -53,7 +53,14 @@ from model.baselines import (
 from model.demand_class import CLASSES, demand_classes
 from model.errors import ModelError
 from model.history import History
-from model.metrics import coverage, quantile_hits, quantiles_cross, volatility, weighted_quantile_loss
+from model.metrics import (
+    as_published,
+    coverage,
+    quantile_hits,
+    quantiles_cross,
+    volatility,
+    weighted_quantile_loss,
+)
 
 #: Spacing of evaluation origins by bucket unit.
 SPACING = {"h": 24, "D": 14, "W": 4, "M": 3}
@@ -181,7 +188,7 @@ class RungResult:
     volatility: float
     train_seconds: float
     predict_seconds: float
-    forecasts: np.ndarray = field(repr=False)  # float32 [N, O, H, Q] at the evaluation origins
+    forecasts: np.ndarray = field(repr=False)  # float32 [N, O, H, Q] at the evaluation origins, as published
     info: dict = field(default_factory=dict)
     # Per quantile: share of actuals strictly below the forecast, and at or below it (calibrated:
     # the quantile level lies between them; see model.metrics.quantile_hits).
@@ -491,7 +498,13 @@ def _score(
     train_s: float,
     predict_s: float,
 ) -> RungResult:
-    """The metrics of one rung's forecasts at all origins ``pred`` [N, O_all, H, Q]."""
+    """The metrics of one rung's forecasts at all origins ``pred`` [N, O_all, H, Q], scored as the
+    service publishes them (:func:`model.metrics.as_published`)."""
+    # A network's lowest quantile on a day an item sells nothing is often a few ten-thousandths of
+    # a unit: published as 0.0, which covers the zero, but unrounded it would leave it outside the
+    # interval. On the retail history that alone moved the P10-P90 coverage by up to 0.1 from one
+    # training to the next (docs/backtest-log.md, 2026-11-27 evening).
+    pred = as_published(pred)
     y = y_all[:, eval_idx]
     p = pred[:, eval_idx]
     per_q, mean = weighted_quantile_loss(y, p, q)
@@ -520,7 +533,7 @@ def _score(
         volatility=float(vol),
         train_seconds=float(train_s),
         predict_seconds=float(predict_s),
-        forecasts=p,
+        forecasts=p.astype(np.float32),
         info={k: v for k, v in (getattr(f, "info", None) or {}).items() if isinstance(v, int | float | str)},
         below=[float(v) for v in below],
         at_or_below=[float(v) for v in at_or_below],

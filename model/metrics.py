@@ -4,6 +4,16 @@ from __future__ import annotations
 
 import numpy as np
 
+#: Forecasts are published rounded to this many decimals (thousandths of a unit; DESIGN.md), and
+#: scored that way (:func:`as_published`).
+PUBLISHED_DECIMALS = 3
+
+
+def as_published(pred: np.ndarray) -> np.ndarray:
+    """``pred`` as the service publishes it: float64, rounded to :data:`PUBLISHED_DECIMALS`
+    decimals (half to even). NaN stays NaN."""
+    return np.round(np.asarray(pred, dtype=np.float64), PUBLISHED_DECIMALS)
+
 
 def pinball(y: np.ndarray, pred: np.ndarray, quantiles: np.ndarray) -> np.ndarray:
     """Pinball (quantile) loss of each prediction: ``y`` [...], ``pred`` [..., Q] -> [..., Q]."""

@@ -22,8 +22,10 @@ import functools
 import numpy as np
 import orjson
 
+from model.metrics import PUBLISHED_DECIMALS, as_published
+
 #: Values are published rounded to this many decimals (0.001 units).
-DECIMALS = 3
+DECIMALS = PUBLISHED_DECIMALS
 _SCALE = 10**DECIMALS
 #: Values ``[0, _LIMIT / _SCALE)`` are formatted from the table.
 _LIMIT = 1000 * _SCALE
@@ -67,7 +69,7 @@ def scaled_values(values: np.ndarray) -> np.ndarray:
 
 def rounded(values: np.ndarray) -> np.ndarray:
     """``values`` as published: float64, rounded to :data:`DECIMALS` decimals."""
-    return np.round(np.asarray(values, dtype=np.float64), DECIMALS)
+    return as_published(values)
 
 
 #: Items laid out at a time: a block's cells stay in the CPU's cache while they are cut up.

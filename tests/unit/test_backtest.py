@@ -302,3 +302,30 @@ def test_an_ensemble_of_mqcnns_runs_as_a_rung_and_stays_causal():
     forecasters, result = _small_mqcnn_backtest(["mqcnn-feedback"], ensemble=2)
     assert np.isfinite(result.rungs[0].wql)
     assert isinstance(forecasters[0].model, MQCNNEnsemble) and len(forecasters[0].report["members"]) == 2
+
+
+class Tiny(Spy):
+    """Forecasts ``low`` / 1 / 5 everywhere: a lowest quantile that is zero or not once published."""
+
+    name = "tiny"
+    low = 0.0004
+
+    def predict(self, history: History, origins: np.ndarray) -> np.ndarray:
+        shape = (history.n_items, len(origins), self.spec.horizons, 3)
+        return np.broadcast_to(np.array([self.low, 1.0, 5.0], dtype=np.float32), shape).copy()
+
+
+@pytest.mark.parametrize(("low", "published"), [(0.0004, 0.0), (0.0006, 0.001)])
+def test_forecasts_are_scored_as_published_rounded_to_thousandths(low, published):
+    h = tiny_history()
+    h.qty[:] = np.where(np.arange(20) % 2 == 0, 0.0, 3.0)  # every other day sells nothing
+    forecaster = Tiny(ForecastSpec(horizons=3, quantiles=Q, context_length=5))
+    forecaster.low = low
+    res = run_backtest(h, [forecaster], CFG, progress=False)
+    rung = res.rungs[0]
+    zero = res.actuals == 0
+    assert zero.any() and (res.actuals == 3).any()
+    # A zero is inside [P10, P90] exactly when P10 is published as 0.0.
+    want_inside = np.where(zero, published == 0.0, True)[np.isfinite(res.actuals)]
+    assert rung.coverage == pytest.approx(want_inside.mean())
+    np.testing.assert_array_equal(np.unique(rung.forecasts[..., 0]), [np.float32(published)])
