@@ -188,7 +188,7 @@ class RungResult:
     volatility: float
     train_seconds: float
     predict_seconds: float
-    forecasts: np.ndarray = field(repr=False)  # float32 [N, O, H, Q] at the evaluation origins, as published
+    forecasts: np.ndarray = field(repr=False)  # float64 [N, O, H, Q] at the evaluation origins, as published
     info: dict = field(default_factory=dict)
     # Per quantile: share of actuals strictly below the forecast, and at or below it (calibrated:
     # the quantile level lies between them; see model.metrics.quantile_hits).
@@ -533,7 +533,7 @@ def _score(
         volatility=float(vol),
         train_seconds=float(train_s),
         predict_seconds=float(predict_s),
-        forecasts=p.astype(np.float32),
+        forecasts=p,
         info={k: v for k, v in (getattr(f, "info", None) or {}).items() if isinstance(v, int | float | str)},
         below=[float(v) for v in below],
         at_or_below=[float(v) for v in at_or_below],

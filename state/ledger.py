@@ -24,6 +24,11 @@ from state.feedback import (
 _NO_ORIGIN = np.iinfo(np.int64).min
 
 
+#: Forecasts are published rounded to this many decimals (DESIGN.md) and scored that way. The same
+#: as ``model.metrics.PUBLISHED_DECIMALS``: state does not import model, a unit test keeps them equal.
+PUBLISHED_DECIMALS = 3
+
+
 @dataclass
 class RealisedScore:
     """Raw-unit accuracy of the forecasts realised at one bucket, summed over items and horizons."""
@@ -132,7 +137,10 @@ def _score(realised: np.ndarray, actual: np.ndarray, quantiles: np.ndarray) -> R
     valid = np.isfinite(realised[:, :, 0])
     if not valid.any():
         return RealisedScore(np.zeros(quantiles.size), 0.0, 0, 0)
-    pred = realised[valid]  # [k, Q]
+    # Scored as published (rounded to thousandths), as the backtest scores them: a P10 of 0.0002 on
+    # a day without sales is published as 0.0, which covers the zero. The feedback above reads the
+    # unrounded forecasts, as training does.
+    pred = np.round(realised[valid].astype(np.float64), PUBLISHED_DECIMALS)  # [k, Q]
     y = np.broadcast_to(actual[:, None], valid.shape)[valid].astype(np.float64)
     diff = y[:, None] - pred
     pin = np.maximum(quantiles * diff, (quantiles - 1.0) * diff).sum(axis=0)

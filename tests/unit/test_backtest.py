@@ -328,4 +328,4 @@ def test_forecasts_are_scored_as_published_rounded_to_thousandths(low, published
     # A zero is inside [P10, P90] exactly when P10 is published as 0.0.
     want_inside = np.where(zero, published == 0.0, True)[np.isfinite(res.actuals)]
     assert rung.coverage == pytest.approx(want_inside.mean())
-    np.testing.assert_array_equal(np.unique(rung.forecasts[..., 0]), [np.float32(published)])
+    np.testing.assert_array_equal(np.unique(rung.forecasts[..., 0]), [published])

@@ -115,3 +115,10 @@ def test_the_c_messages_write_every_thousandth_as_orjson_does():
 @pytest.mark.parametrize("in_c", [True, False])
 def test_a_batch_of_no_items_has_no_messages(in_c):
     assert encode_forecasts(FMT, [], 0, np.zeros((0, 4, 3), np.float32), 0, native=in_c) == []
+
+
+def test_the_published_decimals_are_the_same_where_forecasts_are_written_and_scored():
+    from model.metrics import PUBLISHED_DECIMALS as scored_in_backtests
+    from state.ledger import PUBLISHED_DECIMALS as scored_in_service
+
+    assert DECIMALS == scored_in_backtests == scored_in_service == 3

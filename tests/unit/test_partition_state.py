@@ -143,6 +143,19 @@ def test_forecasts_are_scored_when_their_target_closes():
     assert c11.feedback[0, 1] > 0  # under-forecast shows as positive bias
 
 
+@pytest.mark.parametrize(("p10", "covered"), [(0.0004, 1), (0.0006, 0)])
+def test_a_day_without_sales_is_scored_against_the_forecast_as_published(p10, covered):
+    s = PartitionState(_cfg())
+    _ingest(s, [("a", 10 * DAY, 2, 1.0), ("b", 11 * DAY + 2 * HOUR, 4, 1.0)])
+    (c10,) = _close_all(s)
+    # a sells nothing on day 11: a P10 published as 0.0 covers that, 0.001 does not.
+    s.record_forecasts(10, c10.rows, np.array([[[p10, 1.0, 3.0], [p10, 1.0, 3.0]]], dtype=np.float32))
+    _ingest(s, [("b", 12 * DAY + 2 * HOUR, 1, 1.0)])
+    (c11,) = _close_all(s)
+    assert c11.score.n_scored == 1
+    assert c11.score.interval_hits == covered
+
+
 def test_item_first_seen_later_is_not_forecast_before_it_exists():
     s = PartitionState(_cfg())
     _ingest(s, [("a", 10 * DAY, 1, 1.0), ("b", 11 * DAY + 2 * HOUR, 1, 1.0)])
