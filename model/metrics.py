@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-#: Forecasts are published rounded to this many decimals (thousandths of a unit; DESIGN.md), and
-#: scored that way (:func:`as_published`).
+#: Forecasts are published rounded to this many decimals (thousandths of a unit; the forecast
+#: message contract in the README), and scored that way (:func:`as_published`).
 PUBLISHED_DECIMALS = 3
 
 

@@ -24,8 +24,9 @@ from state.feedback import (
 _NO_ORIGIN = np.iinfo(np.int64).min
 
 
-#: Forecasts are published rounded to this many decimals (DESIGN.md) and scored that way. The same
-#: as ``model.metrics.PUBLISHED_DECIMALS``: state does not import model, a unit test keeps them equal.
+#: Forecasts are published rounded to this many decimals (the README's message contract) and scored
+#: that way. The same as ``model.metrics.PUBLISHED_DECIMALS``: state does not import model, and a
+#: unit test keeps them equal.
 PUBLISHED_DECIMALS = 3
 
 
