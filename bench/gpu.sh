@@ -35,7 +35,7 @@ if ! "$py" -c "import stream._messages, stream._records" 2>/dev/null; then
     "$py" setup.py -q build_ext --inplace >/dev/null 2>&1 || echo "== the C extensions could not be built"
 fi
 "$py" -c "import stream.bulk_send as b, stream.publish as p
-print('messages written in', 'C' if p.NATIVE_MESSAGES else 'Python', '/ records framed in', 'C' if b._native else 'Python')" |
+print('messages written in', 'C' if p.NATIVE_MESSAGES else 'Python', '/ records framed in', 'C' if b.NATIVE_RECORDS else 'Python')" |
     tee "$out/extensions.txt"
 
 if command -v nvidia-smi >/dev/null; then

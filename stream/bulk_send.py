@@ -43,6 +43,9 @@ try:
 except ImportError:  # built without a C compiler (setup.py): the same records, framed in Python
     _native = None
 
+#: Whether this install frames records in C (``stream/_records.c``).
+NATIVE_RECORDS = _native is not None
+
 
 def _varint(value: int) -> bytes:
     out = bytearray()

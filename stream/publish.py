@@ -60,13 +60,12 @@ def encode_forecasts(
     origin: int,
     values: np.ndarray,
     produced_ms: int,
-    native: bool = True,
 ) -> list[bytes]:
     """JSON forecast messages (DESIGN.md contract) for the items of one origin bucket; ``values``
     [N, H, Q] are published rounded to thousandths (:func:`stream.values_json.values_json`).
 
-    Written in C where the extension was built (``native``, the default; :data:`NATIVE_MESSAGES`),
-    otherwise in Python: the same bytes either way, the C path about five times faster.
+    Written in C where the extension was built (:data:`NATIVE_MESSAGES`), otherwise in Python: the
+    same bytes either way, the C path about five times faster.
     """
     origin_ms = int(bucket_start(origin, fmt.freq))
     common = {
@@ -84,7 +83,7 @@ def encode_forecasts(
     middle = b"," + orjson.dumps(common)[1:-1] + b',"values":'
     if len(item_ids) != len(values):
         raise ValueError(f"{len(item_ids)} items but {len(values)} rows of values")
-    if native and _native is not None and values.ndim == 3 and len(values):
+    if _native is not None:
         messages, left = _native.messages(item_ids, middle, scaled_values(values), *values.shape[1:])
         # The rows C leaves (ids that need escaping, values orjson must write) take the Python path.
         for i, text in zip(left, values_json(values[left]), strict=True):

@@ -67,11 +67,6 @@ def scaled_values(values: np.ndarray) -> np.ndarray:
     return np.rint(scaled, out=scaled)
 
 
-def rounded(values: np.ndarray) -> np.ndarray:
-    """``values`` as published: float64, rounded to :data:`DECIMALS` decimals."""
-    return as_published(values)
-
-
 #: Items laid out at a time: a block's cells stay in the CPU's cache while they are cut up.
 _BLOCK = 1024
 
@@ -104,5 +99,5 @@ def _block_json(values: np.ndarray) -> list[bytes]:
     if not fits.all():
         option = orjson.OPT_SERIALIZE_NUMPY
         for i in np.flatnonzero(~fits).tolist():
-            texts[i] = orjson.dumps(rounded(values[i]), option=option)
+            texts[i] = orjson.dumps(as_published(values[i]), option=option)
     return texts

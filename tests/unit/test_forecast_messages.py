@@ -6,8 +6,10 @@ import numpy as np
 import orjson
 import pytest
 
+import stream.publish
+from model.metrics import as_published
 from stream.publish import NATIVE_MESSAGES, ForecastFormat, encode_forecasts
-from stream.values_json import DECIMALS, rounded, values_json
+from stream.values_json import DECIMALS, values_json
 
 FMT = ForecastFormat("D", "m-1", (0.1, 0.5, 0.9), 4)
 
@@ -21,7 +23,7 @@ def _assert_published_as_rounded(values: np.ndarray, texts: list[bytes]) -> None
     for got, row in zip(_decoded(texts), values, strict=True):
         assert got.shape == row.shape
         np.testing.assert_array_equal(np.isnan(got), np.isnan(row))
-        np.testing.assert_array_equal(got[~np.isnan(got)], rounded(row)[~np.isnan(row)])
+        np.testing.assert_array_equal(got[~np.isnan(got)], as_published(row)[~np.isnan(row)])
 
 
 def test_values_are_published_rounded_to_thousandths():
@@ -87,8 +89,15 @@ ODD_VALUES = [0.0, -0.0, 0.0004, 0.0005, 0.0015, 7.0, 999.9994, 999.9996, 1000.0
               1e13, -0.25, float("nan"), float("inf"), float("-inf")]  # fmt: skip
 
 
+def _in_python(monkeypatch: pytest.MonkeyPatch, *args: object) -> list[bytes]:
+    """``encode_forecasts(*args)`` through the Python path, as where the extension was not built."""
+    with monkeypatch.context() as m:
+        m.setattr(stream.publish, "_native", None)
+        return encode_forecasts(*args)
+
+
 @native
-def test_the_c_messages_are_byte_for_byte_the_python_ones():
+def test_the_c_messages_are_byte_for_byte_the_python_ones(monkeypatch):
     rng = np.random.default_rng(3)
     values = rng.gamma(0.5, 30.0, size=(400, 4, 3)).astype(np.float32)
     ids = [f"item-{i}" for i in range(len(values))]
@@ -99,7 +108,7 @@ def test_the_c_messages_are_byte_for_byte_the_python_ones():
         v = values.astype(dtype)
         for items in (ids, np.array(ids, dtype=object)):
             fast = encode_forecasts(FMT, items, 20_000, v, 1_800_000_000_000)
-            assert fast == encode_forecasts(FMT, items, 20_000, v, 1_800_000_000_000, native=False)
+            assert fast == _in_python(monkeypatch, FMT, items, 20_000, v, 1_800_000_000_000)
     assert [orjson.loads(m)["item_id"] for m in fast] == ids
 
 
@@ -112,9 +121,9 @@ def test_the_c_messages_write_every_thousandth_as_orjson_does():
     assert texts == [b"[[" + orjson.dumps(float(v)) + b"]]" for v in values.ravel()]
 
 
-@pytest.mark.parametrize("in_c", [True, False])
-def test_a_batch_of_no_items_has_no_messages(in_c):
-    assert encode_forecasts(FMT, [], 0, np.zeros((0, 4, 3), np.float32), 0, native=in_c) == []
+def test_a_batch_of_no_items_has_no_messages(monkeypatch):
+    assert encode_forecasts(FMT, [], 0, np.zeros((0, 4, 3), np.float32), 0) == []
+    assert _in_python(monkeypatch, FMT, [], 0, np.zeros((0, 4, 3), np.float32), 0) == []
 
 
 def test_the_published_decimals_are_the_same_where_forecasts_are_written_and_scored():
