@@ -55,11 +55,7 @@ def iso_ms(ms: int) -> str:
 
 
 def encode_forecasts(
-    fmt: ForecastFormat,
-    item_ids: Sequence[str],
-    origin: int,
-    values: np.ndarray,
-    produced_ms: int,
+    fmt: ForecastFormat, item_ids: Sequence[str], origin: int, values: np.ndarray, produced_ms: int
 ) -> list[bytes]:
     """JSON forecast messages (DESIGN.md contract) for the items of one origin bucket; ``values``
     [N, H, Q] are published rounded to thousandths (:func:`stream.values_json.values_json`).
