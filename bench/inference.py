@@ -122,7 +122,7 @@ def service_step(
 
     forecast_pipelined(
         predictor.submit,
-        PendingInputs([closed], fmt.freq, fmt.horizons, statics, calendar),
+        PendingInputs([closed], fmt.freq, fmt.horizons, statics, calendar, predictor.split_past),
         out,
         batch,
         [piece.rows for _, piece in pieces],
@@ -172,7 +172,9 @@ class Workload:
         best: dict[str, float] = {}
         spans = chunks(self.rows, batch)
         for _ in range(rounds):
-            pending = PendingInputs([self.closed], "D", self.cfg.horizons, self.statics, self.calendar)
+            pending = PendingInputs(
+                [self.closed], "D", self.cfg.horizons, self.statics, self.calendar, predictor.split_past
+            )
             t0 = time.perf_counter()
             inputs = [pending.slice(*span) for span in spans]
             t1 = time.perf_counter()

@@ -137,6 +137,15 @@ class Predictor:
         return self.workers + 1
 
     @property
+    def split_past(self) -> bool:
+        """Whether callers should hand over the past covariates in parts, calendar and prices
+        (:class:`stream.inputs.ModelInputs`), for the model's thread to join on the device: on a
+        GPU the host then writes and copies a ninth of their bytes (for a daily model), and the
+        join costs the GPU next to nothing. On a CPU the join in torch on the model's threads cost
+        them more than it saved the caller (docs/figures-log.md), so the caller joins them there."""
+        return self.device.type == "cuda"
+
+    @property
     def prepares_on_workers(self) -> bool:
         """Whether work on a batch's forecasts (the messages' JSON) should run on the model's
         threads, right after the forward: with several workers one encodes while the others run
@@ -207,9 +216,19 @@ class Predictor:
             out = self.module(
                 self._to_device("target", inputs.target),
                 self._to_device("observed", inputs.observed),
-                self._to_device("past_cov", inputs.past_cov),
+                self._past_covariates(inputs),
                 self._to_device("future_cov", inputs.future_cov),
                 self._to_device("static", inputs.static),
                 self._to_device("feedback", inputs.feedback),
             )
             return out.float().cpu().numpy()
+
+    def _past_covariates(self, inputs: ModelInputs) -> torch.Tensor:
+        """The batch's past covariates on the device, joined there when they come in parts (the
+        host then copies the prices and one calendar, not every item's calendar rows)."""
+        if not inputs.split:
+            return self._to_device("past_cov", inputs.past_covariates())
+        assert inputs.past_calendar is not None and inputs.log_price is not None
+        calendar = self._to_device("past_calendar", inputs.past_calendar)
+        price = self._to_device("log_price", inputs.log_price)
+        return torch.cat((calendar.unsqueeze(0).expand(price.shape[0], -1, -1), price.unsqueeze(-1)), dim=-1)

@@ -486,6 +486,7 @@ class ForecastService:
             horizons,
             self.statics,
             calendar_columns(self.predictor.meta),
+            split_past=self.predictor.split_past,
         )
         out = np.empty((batch.rows, horizons, len(self.state_cfg.quantiles)), dtype=np.float32)
         produced_ms = int(time.time() * 1000)

@@ -222,7 +222,7 @@ def test_a_model_exported_with_the_first_calendar_is_served_its_own_columns(tmp_
         [closed], "D", args.horizons, StaticTable((), 64), calendar_columns(predictor.meta)
     )
     batch = inputs.slice(0, n)
-    assert batch.past_cov.shape == (n, L, 7) and batch.future_cov.shape == (n, args.horizons, 6)
+    assert batch.past_covariates().shape == (n, L, 7) and batch.future_cov.shape == (n, args.horizons, 6)
     assert predictor.predict(batch).shape == (n, args.horizons, 3)
     # The current calendar's inputs would not fit this model.
     current = PendingInputs([closed], "D", args.horizons, StaticTable((), 64)).slice(0, n)

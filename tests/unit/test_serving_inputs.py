@@ -4,12 +4,17 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
+from artefacts import SMALL, export_meta
 
+from model.export import export_model
 from model.features import calendar_features
+from model.network import build_network
 from state.buckets import bucket_start
 from state.ledger import RealisedScore
 from state.partition import ClosedBucket
-from stream.inputs import PendingInputs, StaticTable, inputs_for
+from stream.inference import Predictor
+from stream.inputs import ModelInputs, PendingInputs, StaticTable, inputs_for
 
 L, H, F = 12, 4, 3
 
@@ -115,3 +120,74 @@ def test_assembly_leaves_the_closed_buckets_prices_as_they_were():
 def test_nothing_to_assemble_is_refused():
     with pytest.raises(ValueError, match="no closed buckets"):
         PendingInputs([], "D", H, StaticTable((), 64))
+
+
+def test_slices_asked_for_in_parts_carry_calendar_and_prices_that_join_to_the_whole():
+    # Two partitions closing the same bucket share one calendar; a third bucket has its own.
+    parts = [_closed(100, 5, 0), _closed(100, 3, 1), _closed(107, 6, 2)]
+    statics = _statics(parts)
+    pending = PendingInputs(parts, "D", H, statics, split_past=True)
+    expected = np.stack([row[2] for part in parts for row in _expected_rows(part, statics)])
+    assert not PendingInputs(parts, "D", H, statics).slice(2, 8).split  # joined unless asked
+    same_bucket = pending.slice(2, 8)
+    assert same_bucket.split and same_bucket.past_cov is None
+    assert same_bucket.past_calendar.shape == (L, expected.shape[2] - 1)
+    np.testing.assert_allclose(same_bucket.log_price, expected[2:8, :, -1], rtol=1e-6)
+    np.testing.assert_allclose(same_bucket.past_covariates(), expected[2:8], rtol=1e-6)
+    np.testing.assert_allclose(same_bucket.slice(1, 4).past_covariates(), expected[3:6], rtol=1e-6)
+    # Across two buckets the calendars differ, so the batch carries its past covariates whole.
+    across = pending.slice(6, 11)
+    assert not across.split and across.past_calendar is None
+    np.testing.assert_allclose(across.past_cov, expected[6:11], rtol=1e-6)
+
+
+def test_inputs_without_past_covariates_or_both_their_parts_are_refused():
+    whole = inputs_for(_closed(100, 3, 0), "D", H, StaticTable((), 64), split_past=True)
+    with pytest.raises(ValueError, match="past_calendar and log_price"):
+        ModelInputs(
+            whole.target,
+            whole.observed,
+            None,
+            whole.future_cov,
+            whole.static,
+            whole.feedback,
+            past_calendar=whole.past_calendar,
+        )
+
+
+@pytest.mark.parametrize(
+    "device",
+    [
+        "cpu",
+        pytest.param(
+            "cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+        ),
+    ],
+)
+def test_the_predictor_joins_calendar_and_prices_into_the_forecasts_of_the_whole(tmp_path, device):
+    args = SMALL
+    torch.manual_seed(0)
+    path = tmp_path / "small.pt"
+    export_model(build_network(args).eval(), args, path, export_meta())
+    predictor = Predictor.load(path, device)
+    rng = np.random.default_rng(4)
+    b, length, calendar = 9, args.context_length, args.n_past_cov - 1
+    parts = ModelInputs(
+        target=rng.poisson(3.0, size=(b, length)).astype(np.float32),
+        observed=np.ones((b, length), dtype=np.float32),
+        past_cov=None,
+        future_cov=rng.normal(size=(b, args.horizons, args.n_future_cov)).astype(np.float32),
+        static=rng.integers(0, args.static_vocab, size=(b, args.n_static)),
+        feedback=rng.normal(size=(b, args.n_feedback)).astype(np.float32),
+        past_calendar=rng.normal(size=(length, calendar)).astype(np.float32),
+        log_price=rng.uniform(0, 2, size=(b, length)).astype(np.float32),
+    )
+    whole = ModelInputs(*parts.arrays())
+    assert not whole.split
+    try:
+        np.testing.assert_array_equal(predictor.predict(parts), predictor.predict(whole))
+        np.testing.assert_array_equal(
+            predictor.predict(parts.slice(3, 7)), predictor.predict(whole.slice(3, 7))
+        )
+    finally:
+        predictor.close()
