@@ -26,7 +26,9 @@ median between the forecast of a bucket from ``t`` (horizon ``h+1``) and from ``
 Each item also gets its demand class (smooth, erratic, intermittent, lumpy; ``model.demand_class``)
 from the buckets before the first origin, and every rung's wQL is reported per class beside the
 class's share of the scored demand: where a rung's lead comes from, and how much of the demand is
-of a kind no forecaster of the item's own history does well on.
+of a kind no forecaster of the item's own history does well on. Beside the rungs it scores two
+hindsight references, quantiles fitted on the scored actuals themselves (``model.hindsight``): not
+forecasters, but how much error is left once each item's demand distribution is known.
 """
 
 from __future__ import annotations
@@ -52,6 +54,7 @@ from model.baselines import (
 )
 from model.demand_class import CLASSES, demand_classes
 from model.errors import ModelError
+from model.hindsight import hindsight_rows
 from model.history import History
 from model.metrics import (
     as_published,
@@ -253,10 +256,18 @@ class BacktestResult:
         """One row per rung, in the order they ran."""
         return [r.row(self.quantiles) for r in self.rungs]
 
+    def hindsight_rows(self) -> list[dict[str, object]]:
+        """The hindsight references' scores on the same cells (:mod:`model.hindsight`: quantiles
+        fitted on the scored actuals, so no forecaster could match them; how much error is left
+        once each item's demand distribution is known)."""
+        if not np.isfinite(self.actuals).any():
+            return []
+        return hindsight_rows(self.actuals, self.quantiles)
+
     def to_markdown(self) -> str:
         """The table as GitHub Markdown, then the calibration table (each quantile's share of actuals
-        below it and at or below it; "(off)" where its level lies outside that range), then wQL by
-        demand class (:meth:`class_rows`)."""
+        below it and at or below it; "(off)" where its level lies outside that range), wQL by
+        demand class (:meth:`class_rows`) and the hindsight references (:meth:`hindsight_rows`)."""
         if not self.rungs:
             return ""
         main = [
@@ -270,6 +281,9 @@ class BacktestResult:
         by_class = self.class_rows()
         if by_class:
             tables.append(_markdown(by_class))
+        hindsight = self.hindsight_rows()
+        if hindsight:
+            tables.append(_markdown(hindsight))
         return "\n\n".join(tables)
 
     def class_rows(self) -> list[dict[str, object]]:
@@ -323,6 +337,7 @@ class BacktestResult:
             "table": self.rows(),
             "wql_by_horizon": {r.name: r.wql_by_horizon for r in self.rungs},
             "by_demand_class": self.class_rows(),
+            "hindsight": self.hindsight_rows(),
             "info": {r.name: r.info for r in self.rungs},
         }
 
@@ -560,6 +575,14 @@ def plot_backtest(result: BacktestResult, out_dir: Path, n_items: int = 3) -> li
     wql = [r.wql for r in result.rungs]
     bars = ax.bar(names, wql, color=plt.cm.viridis(np.linspace(0.15, 0.85, len(names))))
     ax.bar_label(bars, fmt="%.3f", fontsize=8)
+    # The hindsight references as lines: where the rungs stand against knowing each item's demand
+    # distribution (they are fitted on the scored actuals, so they are no bars of the ladder).
+    for row, style in zip(result.hindsight_rows(), (":", "--"), strict=False):
+        ax.axhline(
+            float(row["wql"]), color="0.35", lw=1, ls=style, label=f"{row['reference']} {row['wql']:.3f}"
+        )
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=7, loc="lower left")
     ax.set_ylabel("mean wQL (lower is better)")
     ax.set_title(f"Backtest: {result.plan.origins.size} origins, H={result.plan.horizons} ({result.freq})")
     fig.tight_layout()

@@ -198,6 +198,11 @@ def test_baselines_through_the_backtest_and_outputs(tmp_path):
     summary = json.loads((tmp_path / "backtest.json").read_text())
     assert len(summary["wql_by_horizon"]["ets"]) == 7
     assert "| ets |" in (tmp_path / "backtest.md").read_text()
+    # The hindsight references beside the rungs, the finer one never behind the coarser.
+    item, window = summary["hindsight"]
+    assert [item["reference"], window["reference"]] == ["hindsight-item", "hindsight-item-window"]
+    assert 0 < window["wql"] <= item["wql"]
+    assert "| hindsight-item-window |" in (tmp_path / "backtest.md").read_text()
 
 
 def _small_mqcnn_backtest(rungs: list[str], **config: object):

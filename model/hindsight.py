@@ -1,0 +1,67 @@
+"""Hindsight references for a backtest: quantiles fitted on the scored actuals themselves.
+
+A hindsight reference sees the very demand it is scored on, so it is not a forecaster and no rung
+could be it. It answers a planner's question the rungs cannot: how much of the error is left to
+remove once an item's demand distribution is known. ``item`` gives every cell of an item the
+quantiles of all its scored actuals (its demand distribution over the scored period, not the day);
+``item-window`` gives each origin's window its own (the item's distribution in each window of
+``H`` buckets after an origin, its level there included). Each is the pinball-optimal forecast that
+is constant over its group, so any forecast constant over the same groups scores no better.
+
+A rung that beats a reference knows more than that reference about when within its groups the
+demand falls; a target below ``item-window`` asks for more than knowing each item's demand
+distribution in every scored window.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from model.metrics import as_published, coverage, weighted_quantile_loss
+
+#: The references, finest last: the cells that share one forecast.
+GROUPS = {"item": "each item's scored cells", "item-window": "each item's cells of one origin's window"}
+
+
+def hindsight_forecasts(actuals: np.ndarray, quantiles: Sequence[float], group: str) -> np.ndarray:
+    """Quantiles [N, O, H, Q] for actuals [N, O, H] (NaN: not scored): each group's empirical
+    quantiles of its scored actuals (the smallest value whose share at or below reaches the level),
+    the same at every cell of the group; NaN for a group without scored cells."""
+    if group not in GROUPS:
+        raise ValueError(f"group must be one of {', '.join(GROUPS)}, got {group!r}")
+    y = np.asarray(actuals, dtype=np.float64)
+    n, o, h = y.shape
+    rows = y.reshape(n, o * h) if group == "item" else y.reshape(n * o, h)
+    scored = np.isfinite(rows)
+    counts = scored.sum(axis=1)
+    # Sorting puts the NaNs last, so the k-th smallest scored value is column k of the sorted rows.
+    ordered = np.sort(rows, axis=1)
+    levels = np.asarray(quantiles, dtype=np.float64)
+    # inverted_cdf: the ceil(q * count)-th smallest value, which minimises the pinball loss at q.
+    k = np.clip(np.ceil(levels[None, :] * counts[:, None]).astype(np.int64) - 1, 0, None)
+    k = np.minimum(k, np.maximum(counts - 1, 0)[:, None])
+    out = np.take_along_axis(ordered, k, axis=1)  # [rows, Q]
+    out[counts == 0] = np.nan
+    if group == "item":
+        return np.broadcast_to(out[:, None, None, :], (n, o, h, levels.size)).copy()
+    return np.broadcast_to(out.reshape(n, o, 1, levels.size), (n, o, h, levels.size)).copy()
+
+
+def hindsight_rows(actuals: np.ndarray, quantiles: Sequence[float]) -> list[dict[str, object]]:
+    """One row per reference, scored as the rungs are (as published): wQL overall and per
+    quantile, and the outer interval's coverage."""
+    q = np.asarray(quantiles, dtype=np.float64)
+    rows = []
+    for group, sees in GROUPS.items():
+        pred = as_published(hindsight_forecasts(actuals, quantiles, group))
+        per_q, wql = weighted_quantile_loss(actuals, pred, q)
+        row: dict[str, object] = {"reference": f"hindsight-{group}", "wql": wql}
+        row.update({f"wql_p{round(level * 100):d}": float(v) for level, v in zip(q, per_q, strict=True)})
+        row[f"coverage_p{round(q[0] * 100):d}_p{round(q[-1] * 100):d}"] = coverage(
+            actuals, pred[..., 0], pred[..., -1]
+        )
+        row["quantiles_fitted_on"] = sees
+        rows.append(row)
+    return rows
