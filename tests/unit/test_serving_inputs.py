@@ -164,7 +164,7 @@ def test_inputs_without_past_covariates_or_both_their_parts_are_refused():
         ),
     ],
 )
-def test_the_predictor_joins_calendar_and_prices_into_the_forecasts_of_the_whole(tmp_path, device):
+def test_the_predictor_joins_calendar_and_prices_as_the_whole_on_cpu_and_cuda(tmp_path, device):
     args = SMALL
     torch.manual_seed(0)
     path = tmp_path / "small.pt"
