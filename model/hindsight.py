@@ -19,7 +19,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from model.metrics import as_published, coverage, weighted_quantile_loss
+from model.metrics import coverage, weighted_quantile_loss
 
 #: The references, finest last: the cells that share one forecast.
 GROUPS = {"item": "each item's scored cells", "item-window": "each item's cells of one origin's window"}
@@ -50,12 +50,14 @@ def hindsight_forecasts(actuals: np.ndarray, quantiles: Sequence[float], group: 
 
 
 def hindsight_rows(actuals: np.ndarray, quantiles: Sequence[float]) -> list[dict[str, object]]:
-    """One row per reference, scored as the rungs are (as published): wQL overall and per
-    quantile, and the outer interval's coverage."""
+    """One row per reference on the rungs' cells: wQL overall and per quantile, and the outer
+    interval's coverage. Unlike the rungs' forecasts they are not rounded as published: they are
+    the actuals' own values, which rounding would move off them (a float32 actual of 24924.51 is
+    24924.509765625, and rounded to thousandths the quantile would sit above it)."""
     q = np.asarray(quantiles, dtype=np.float64)
     rows = []
     for group, sees in GROUPS.items():
-        pred = as_published(hindsight_forecasts(actuals, quantiles, group))
+        pred = hindsight_forecasts(actuals, quantiles, group)
         per_q, wql = weighted_quantile_loss(actuals, pred, q)
         row: dict[str, object] = {"reference": f"hindsight-{group}", "wql": wql}
         row.update({f"wql_p{round(level * 100):d}": float(v) for level, v in zip(q, per_q, strict=True)})
