@@ -19,8 +19,8 @@ class ModelInputs:
 
     The past covariates come whole (``past_cov``) or as their two parts (``past_cov`` None): the
     calendar rows every item of the batch shares and each item's log price, the last column. The
-    service assembles the parts, and :class:`stream.inference.Predictor` joins them where the model
-    runs: on a GPU the host then writes and copies 4 bytes per item and bucket instead of
+    service assembles the parts for a predictor on a GPU (``Predictor.split_past``), which joins
+    them on the device: the host then writes and copies 4 bytes per item and bucket instead of
     ``4 * Cp`` (a ninth, for a daily model).
     """
 
