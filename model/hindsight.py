@@ -5,8 +5,10 @@ could be it. It answers a planner's question the rungs cannot: how much of the e
 remove once an item's demand distribution is known. ``item`` gives every cell of an item the
 quantiles of all its scored actuals (its demand distribution over the scored period, not the day);
 ``item-window`` gives each origin's window its own (the item's distribution in each window of
-``H`` buckets after an origin, its level there included). Each is the pinball-optimal forecast that
-is constant over its group, so any forecast constant over the same groups scores no better.
+``H`` buckets after an origin, its level there included). Both also know the buckets in which no
+item sold anything (a shop closed on Saturdays, a holiday): there they forecast 0, as a forecaster
+reading the calendar learns to, and their quantiles are fitted on the other buckets' cells. Each
+is then the pinball-optimal forecast that is constant over its group's open buckets.
 
 A rung that beats a reference knows more than that reference about when within its groups the
 demand falls; a target below ``item-window`` asks for more than knowing each item's demand
@@ -25,13 +27,22 @@ from model.metrics import coverage, weighted_quantile_loss
 GROUPS = {"item": "each item's scored cells", "item-window": "each item's cells of one origin's window"}
 
 
+def closed_buckets(actuals: np.ndarray) -> np.ndarray:
+    """[O, H]: the scored buckets in which no item sold anything (every scored actual zero)."""
+    y = np.asarray(actuals, dtype=np.float64)
+    scored = np.isfinite(y)
+    return scored.any(axis=0) & ~(np.where(scored, y, 0.0) != 0).any(axis=0)
+
+
 def hindsight_forecasts(actuals: np.ndarray, quantiles: Sequence[float], group: str) -> np.ndarray:
-    """Quantiles [N, O, H, Q] for actuals [N, O, H] (NaN: not scored): each group's empirical
-    quantiles of its scored actuals (the smallest value whose share at or below reaches the level),
-    the same at every cell of the group; NaN for a group without scored cells."""
+    """Quantiles [N, O, H, Q] for actuals [N, O, H] (NaN: not scored): in a closed bucket
+    (:func:`closed_buckets`) 0, elsewhere each group's empirical quantiles of its scored actuals in
+    open buckets (the smallest value whose share at or below reaches the level), the same at every
+    such cell of the group; NaN for a group without scored cells in open buckets."""
     if group not in GROUPS:
         raise ValueError(f"group must be one of {', '.join(GROUPS)}, got {group!r}")
-    y = np.asarray(actuals, dtype=np.float64)
+    closed = closed_buckets(actuals)
+    y = np.where(closed[None], np.nan, np.asarray(actuals, dtype=np.float64))
     n, o, h = y.shape
     rows = y.reshape(n, o * h) if group == "item" else y.reshape(n * o, h)
     scored = np.isfinite(rows)
@@ -45,8 +56,10 @@ def hindsight_forecasts(actuals: np.ndarray, quantiles: Sequence[float], group: 
     out = np.take_along_axis(ordered, k, axis=1)  # [rows, Q]
     out[counts == 0] = np.nan
     if group == "item":
-        return np.broadcast_to(out[:, None, None, :], (n, o, h, levels.size)).copy()
-    return np.broadcast_to(out.reshape(n, o, 1, levels.size), (n, o, h, levels.size)).copy()
+        full = np.broadcast_to(out[:, None, None, :], (n, o, h, levels.size))
+    else:
+        full = np.broadcast_to(out.reshape(n, o, 1, levels.size), (n, o, h, levels.size))
+    return np.where(closed[None, :, :, None], 0.0, full)
 
 
 def hindsight_rows(actuals: np.ndarray, quantiles: Sequence[float]) -> list[dict[str, object]]:

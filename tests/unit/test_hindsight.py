@@ -5,36 +5,44 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from model.hindsight import hindsight_forecasts, hindsight_rows
+from model.hindsight import closed_buckets, hindsight_forecasts, hindsight_rows
 from model.metrics import pinball
 
 Q = (0.1, 0.5, 0.9)
 
 
 def _actuals(seed: int = 0) -> np.ndarray:
-    """Lumpy demand [N=6, O=4, H=5] with unscored cells; item 5 has none scored."""
+    """Lumpy demand [N=12, O=4, H=5] with unscored cells; the last item has none scored, and one
+    bucket no item sold in."""
     rng = np.random.default_rng(seed)
-    y = rng.poisson(2.0, size=(6, 4, 5)) * (rng.random((6, 4, 5)) < 0.4) * rng.integers(1, 20, (6, 4, 5))
+    shape = (12, 4, 5)
+    y = (rng.poisson(2.0, size=shape) + 1) * (rng.random(shape) < 0.6) * rng.integers(1, 20, shape)
     y = y.astype(np.float64)
     y[rng.random(y.shape) < 0.2] = np.nan
-    y[5] = np.nan
+    y[-1] = np.nan
+    y[:, 2, 3] = np.where(np.isfinite(y[:, 2, 3]), 0.0, np.nan)  # a bucket no item sold in
     return y
 
 
 @pytest.mark.parametrize("group", ["item", "item-window"])
-def test_each_group_gets_the_inverted_cdf_quantiles_of_its_scored_actuals(group):
+def test_each_group_gets_the_inverted_cdf_quantiles_of_its_actuals_in_open_buckets(group):
     y = _actuals()
+    closed = closed_buckets(y)
+    assert closed[2, 3] and closed.sum() == 1
     got = hindsight_forecasts(y, Q, group)
     assert got.shape == (*y.shape, len(Q))
-    for i in range(5):
-        windows = [slice(None)] if group == "item" else [k for k in range(y.shape[1])]
+    fitted = np.where(closed[None], np.nan, y)  # the closed bucket's zeros are not fitted on
+    for i in range(11):
+        windows = [slice(None)] if group == "item" else list(range(y.shape[1]))
         for w in windows:
-            cells = y[i][w]
+            open_cells = ~closed[w]
+            cells = fitted[i][w]
             want = np.quantile(cells[np.isfinite(cells)], Q, method="inverted_cdf")
             np.testing.assert_array_equal(
-                got[i][w].reshape(-1, len(Q)), np.broadcast_to(want, (cells.size, len(Q)))
+                got[i][w][open_cells], np.broadcast_to(want, (int(open_cells.sum()), len(Q)))
             )
-    assert np.isnan(got[5]).all()  # an item without scored cells gets no forecast
+    np.testing.assert_array_equal(got[:, 2, 3], 0.0)  # the closed bucket: zero for every item
+    assert np.isnan(got[-1][~closed]).all()  # an item without scored cells gets no forecast
 
 
 @pytest.mark.parametrize("group", ["item", "item-window"])
