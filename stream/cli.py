@@ -133,7 +133,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
 
 
 def cmd_topics(args: argparse.Namespace) -> int:
-    from stream.topics import ensure_topics, service_topics
+    from stream.topics import ensure_topics, service_topics, setting_drift
 
     specs = service_topics(
         args.sales_topic,
@@ -144,6 +144,8 @@ def cmd_topics(args: argparse.Namespace) -> int:
     )
     created = ensure_topics(args.bootstrap, specs)
     print("created: " + (", ".join(created) if created else "nothing (all topics exist)"))
+    for drift in setting_drift(args.bootstrap, specs):
+        print("note: " + drift.advice(args.bootstrap))
     return 0
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from kafka.admin import KafkaAdminClient, NewTopic
+from kafka.admin import ConfigResource, ConfigResourceType, KafkaAdminClient, NewTopic
 from kafka.errors import TopicAlreadyExistsError
 
 
@@ -67,3 +67,48 @@ def ensure_topics(bootstrap: str, specs: list[TopicSpec], timeout_ms: int = 30_0
         return created
     finally:
         admin.close()
+
+
+@dataclass(frozen=True)
+class SettingDrift:
+    """A topic that existed before with a setting other than the one mqcast creates it with."""
+
+    topic: str
+    key: str
+    wanted: str
+    found: str
+
+    def advice(self, bootstrap: str) -> str:
+        """What to tell the operator, with the command that changes it."""
+        return (
+            f"topic {self.topic!r} exists with {self.key}={self.found}; mqcast creates it with "
+            f"{self.key}={self.wanted} (README, 'Operating it'). To change it: kafka-configs.sh "
+            f"--bootstrap-server {bootstrap} --alter --entity-type topics --entity-name {self.topic} "
+            f"--add-config {self.key}={self.wanted}"
+        )
+
+
+def setting_drift(bootstrap: str, specs: list[TopicSpec], timeout_ms: int = 30_000) -> list[SettingDrift]:
+    """The settings of ``specs`` that their topics, where they exist, hold otherwise (topics made
+    before mqcast asked for the setting, or by hand)."""
+    admin = KafkaAdminClient(
+        bootstrap_servers=bootstrap, client_id="mqcast-admin", request_timeout_ms=timeout_ms
+    )
+    try:
+        existing = set(admin.list_topics())
+        asked = [s for s in specs if s.configs and s.name in existing]
+        if not asked:
+            return []
+        resources = [
+            ConfigResource(ConfigResourceType.TOPIC, s.name, configs=dict.fromkeys(s.configs)) for s in asked
+        ]
+        found = admin.describe_configs(resources, config_filter="all")["topic"]
+    finally:
+        admin.close()
+    drift = []
+    for spec in asked:
+        for key, wanted in spec.configs.items():
+            have = found.get(spec.name, {}).get(key, {}).get("value")
+            if have is not None and have != wanted:
+                drift.append(SettingDrift(spec.name, key, wanted, str(have)))
+    return drift
