@@ -44,7 +44,7 @@ fi
 # Every test that needs a GPU has cuda or gpu in its name (tests/unit/test_gpu_script.py checks it).
 step tests "$py" -m pytest -q -p no:cacheprovider tests/unit -k "cuda or gpu or precision"
 step inference "$py" -m bench inference --device "$device" --items "$items" --batch-sizes "$batches" \
-    --precisions fp32,bf16,fp16 --seconds 1
+    --precisions fp32,bf16,fp16 --seconds 1 --compare-past-covariates
 step ensemble "$py" -m bench inference --device "$device" --items "$items" --batch-sizes "${batches##*,}" \
     --precisions fp32,bf16 --ensemble 2 --seconds 1
 step attention "$py" -m bench inference --device "$device" --items "$items" --batch-sizes "${batches##*,}" \

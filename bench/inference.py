@@ -100,12 +100,16 @@ def service_step(
     statics: StaticTable,
     batch: int,
     depth: int | None = None,
+    split_past: bool | None = None,
 ) -> None:
     """What the service does with a closed bucket, less the producer's send: pieces of one model
     batch (``stream.pipeline.forecast_pipelined``), the inputs assembled a batch at a time,
     ``depth`` batches queued with the model (default: as many as the service queues), each
     batch's JSON on its model thread when there are several (as the service), the ledger on this
-    one."""
+    one. ``split_past``: the past covariates in parts for the predictor to join (default: as the
+    service hands them to this predictor, ``Predictor.split_past``)."""
+    if split_past is None:
+        split_past = predictor.split_past
     calendar = calendar_columns(predictor.meta)  # the columns the artefact reads, as the service
     pieces = cut_at_batches([ForecastRequest(0, closed, 0.0, 0.0)], batch)
     out = np.empty((closed.rows.size, fmt.horizons, len(fmt.quantiles)), dtype=np.float32)
@@ -122,7 +126,7 @@ def service_step(
 
     forecast_pipelined(
         predictor.submit,
-        PendingInputs([closed], fmt.freq, fmt.horizons, statics, calendar, predictor.split_past),
+        PendingInputs([closed], fmt.freq, fmt.horizons, statics, calendar, split_past),
         out,
         batch,
         [piece.rows for _, piece in pieces],
@@ -160,9 +164,11 @@ class Workload:
         ready = inputs_for(self.closed, "D", self.cfg.horizons, self.statics, self.calendar)
         return [torch.from_numpy(np.ascontiguousarray(a)).to(device) for a in ready.arrays()]
 
-    def step(self, predictor: Predictor, batch: int, depth: int | None = None) -> None:
+    def step(
+        self, predictor: Predictor, batch: int, depth: int | None = None, split_past: bool | None = None
+    ) -> None:
         """The service's own path over the closed bucket (:func:`service_step`)."""
-        service_step(predictor, self.state, self.closed, self.fmt, self.statics, batch, depth)
+        service_step(predictor, self.state, self.closed, self.fmt, self.statics, batch, depth, split_past)
 
     def parts(self, predictor: Predictor, batch: int, rounds: int = 3) -> dict[str, float]:
         """µs per forecast of each part of the step, run one after another (best of ``rounds``):
@@ -236,6 +242,7 @@ def run(
     window_member: int = 0,
     static_columns: int = 0,
     feedback_previous: bool = False,
+    compare_past: bool = False,
 ) -> list[tuple[str, str]]:
     with tempfile.TemporaryDirectory() as tmp:
         path = default_model(
@@ -262,13 +269,15 @@ def run(
         steps: dict[str, tuple[int, float]] = {}
         for name, predictor in layouts[precision].items():
             # By turns, so that the machine's drift falls on both figures of the ratio alike.
-            figures = alternated(
-                {"bare": bare_forward(predictor, tensors, b), "step": partial(work.step, predictor, b)},
-                n,
-                min_s,
-            )
+            timed = {"bare": bare_forward(predictor, tensors, b), "step": partial(work.step, predictor, b)}
+            other = "in parts" if not predictor.split_past else "whole"
+            if compare_past:
+                timed["other"] = partial(work.step, predictor, b, None, not predictor.split_past)
+            figures = alternated(timed, n, min_s)
             bare[name] = figures["bare"]
             steps[name] = (predictor.depth, figures["step"])
+            if compare_past:
+                steps[f"{name}, past covariates {other}"] = (predictor.depth, figures["other"])
             if name == next(reversed(layouts[precision])):  # the service's default
                 split = work.parts(predictor, b)
             predictor.close()  # one layout's threads at a time, as the service runs one predictor
@@ -335,6 +344,12 @@ def main(argv: list[str] | None = None) -> None:
         help="the model's decoder reads each horizon's previous forecast, as weekly models do "
         "(default: off, as daily models)",
     )
+    p.add_argument(
+        "--compare-past-covariates",
+        action="store_true",
+        help="also time the step with the past covariates handed to the model the other way (in "
+        "parts for the device to join, or whole), by turns with the rest (default: off)",
+    )
     a = p.parse_args(argv)
     sizes = [int(x) for x in a.batch_sizes.split(",")]
     rows = run(
@@ -348,6 +363,7 @@ def main(argv: list[str] | None = None) -> None:
         a.window_member,
         a.static_columns,
         a.feedback_previous,
+        a.compare_past_covariates,
     )
     print(table(rows, f"Inference ({machine()}, {torch.get_num_threads()} threads)"))
 
