@@ -21,11 +21,11 @@ class TopicSpec:
 # when they take their first entry (the segment's second append), and that takes longer the larger
 # they are: at the default 10 MiB, 52-72 ms of the broker's time for the second append to each
 # partition of a fresh forecast topic under the latency bench's load (its request log), against
-# 9-13 ms at 1 MiB and 0.4-3 ms for the other appends. Four partitions of that came to 150-240 ms in
-# the first forecasts' acknowledgement, and a partition would pay it again after each segment roll. At
-# 1 MiB the time index holds 87k entries, at most one per 4 KiB appended, so a segment rolls at
-# about 340 MiB at the earliest, and at 1 GiB as usual wherever appends exceed 12 KiB, as a
-# bucket's forecast batches do.
+# 9-13 ms at 1 MiB and 0.4-3 ms for the other appends. Four partitions of that came to 150-240 ms
+# in the first forecasts' acknowledgement, and a partition would pay it again after each segment
+# roll. At 1 MiB the time index holds 87k entries, at most one per 4 KiB appended, so a segment
+# rolls at about 340 MiB at the earliest, and at 1 GiB as usual wherever appends exceed 12 KiB, as
+# a bucket's forecast batches do.
 FORECAST_TOPIC_CONFIGS = {"segment.index.bytes": str(1 << 20)}
 
 
