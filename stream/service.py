@@ -46,7 +46,7 @@ from stream.observer import ServiceObserver
 from stream.pipeline import forecast_pipelined
 from stream.publish import NATIVE_MESSAGES, PRODUCER_SETTINGS, ForecastFormat, Publisher, encode_forecasts
 from stream.reload import ModelWatcher
-from stream.topics import TopicSpec, ensure_topics
+from stream.topics import FORECAST_TOPIC_CONFIGS, TopicSpec, ensure_topics, setting_drift
 from stream.values_json import prepare_values_json
 
 log = logging.getLogger("mqcast.service")
@@ -260,6 +260,15 @@ class ForecastService:
                     f"output topic {topic!r} has no metadata on {k.bootstrap}: does it exist? "
                     "(`mqcast topics` creates the service's topics)"
                 ) from exc
+        # A forecast topic made before mqcast asked for a small segment index, or by hand, delays
+        # the first forecasts after each of its segments rolls (stream/topics.py says why): say so
+        # once, with the command that changes it. Reading the setting may be refused (ACLs).
+        try:
+            forecast_spec = TopicSpec(k.forecast_topic, 1, dict(FORECAST_TOPIC_CONFIGS))
+            for drift in setting_drift(k.bootstrap, [forecast_spec]):
+                log.warning("%s", drift.advice(k.bootstrap))
+        except KafkaError as exc:
+            log.info("could not read the forecast topic's settings: %s", exc)
         self.items: ItemAttributes | None = None
         if self.statics.columns and k.items_topic:
             try:

@@ -294,3 +294,20 @@ def test_committed_offsets_cover_only_acknowledged_output(bootstrap, topics, tin
     records = _consume_all(bootstrap, topics["forecasts"], forecasts)
     assert len(records) == forecasts > 0
     assert _committed(bootstrap, "g-ack", topics["sales"], 2) == len(events)
+
+
+def test_service_warns_once_of_a_forecast_topic_with_the_brokers_large_index(
+    bootstrap, topics, tiny_model, caplog
+):
+    # The fixture's forecast topic has the broker's default index, as one made before mqcast
+    # asked for a small one (stream/topics.py).
+    with caplog.at_level("WARNING", logger="mqcast.service"):
+        service = ForecastService(
+            _config(bootstrap, topics, tiny_model, "g-index"),
+            Predictor.load(tiny_model, "cpu"),
+            CollectorRegistry(),
+        )
+    service.close()
+    warned = [r.getMessage() for r in caplog.records if "segment.index.bytes" in r.getMessage()]
+    assert len(warned) == 1
+    assert f"--entity-name {topics['forecasts']} --add-config segment.index.bytes=1048576" in warned[0]
