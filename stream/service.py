@@ -266,7 +266,8 @@ class ForecastService:
         try:
             forecast_spec = TopicSpec(k.forecast_topic, 1, dict(FORECAST_TOPIC_CONFIGS))
             for drift in setting_drift(k.bootstrap, [forecast_spec]):
-                log.warning("%s", drift.advice(k.bootstrap))
+                if int(drift.found) > int(drift.wanted):  # a smaller index is an operator's choice
+                    log.warning("%s", drift.advice(k.bootstrap))
         except KafkaError as exc:
             log.info("could not read the forecast topic's settings: %s", exc)
         self.items: ItemAttributes | None = None
