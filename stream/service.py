@@ -268,7 +268,7 @@ class ForecastService:
             for drift in setting_drift(k.bootstrap, [forecast_spec]):
                 if int(drift.found) > int(drift.wanted):  # a smaller index is an operator's choice
                     log.warning("%s", drift.advice(k.bootstrap))
-        except KafkaError as exc:
+        except (KafkaError, ValueError) as exc:
             log.info("could not read the forecast topic's settings: %s", exc)
         self.items: ItemAttributes | None = None
         if self.statics.columns and k.items_topic:
