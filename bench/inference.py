@@ -270,14 +270,14 @@ def run(
         for name, predictor in layouts[precision].items():
             # By turns, so that the machine's drift falls on both figures of the ratio alike.
             timed = {"bare": bare_forward(predictor, tensors, b), "step": partial(work.step, predictor, b)}
-            other = "in parts" if not predictor.split_past else "whole"
+            other = f"{name}, past covariates {'whole' if predictor.split_past else 'in parts'}"
             if compare_past:
-                timed["other"] = partial(work.step, predictor, b, None, not predictor.split_past)
+                timed[other] = partial(work.step, predictor, b, None, not predictor.split_past)
             figures = alternated(timed, n, min_s)
             bare[name] = figures["bare"]
             steps[name] = (predictor.depth, figures["step"])
             if compare_past:
-                steps[f"{name}, past covariates {other}"] = (predictor.depth, figures["other"])
+                steps[other] = (predictor.depth, figures[other])
             if name == next(reversed(layouts[precision])):  # the service's default
                 split = work.parts(predictor, b)
             predictor.close()  # one layout's threads at a time, as the service runs one predictor

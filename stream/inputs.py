@@ -69,16 +69,15 @@ class ModelInputs:
         )
 
     def slice(self, start: int, stop: int) -> ModelInputs:
-        if not self.split:
-            return ModelInputs(*(a[start:stop] for a in self.arrays()))
-        assert self.log_price is not None
+        """Rows ``[start, stop)``, the past covariates in the form they come in."""
         return ModelInputs(
             *(None if a is None else a[start:stop] for a in self._row_arrays()),
             past_calendar=self.past_calendar,
-            log_price=self.log_price[start:stop],
+            log_price=None if self.log_price is None else self.log_price[start:stop],
         )
 
     def _row_arrays(self) -> tuple[np.ndarray | None, ...]:
+        """The per-row arrays in ``forward``'s order, ``past_cov`` as it is (None when split)."""
         return (self.target, self.observed, self.past_cov, self.future_cov, self.static, self.feedback)
 
 

@@ -45,11 +45,15 @@ def service_topics(
     return specs
 
 
-def ensure_topics(bootstrap: str, specs: list[TopicSpec], timeout_ms: int = 30_000) -> list[str]:
-    """Create the missing topics (replication factor 1); returns the names created."""
-    admin = KafkaAdminClient(
+def _admin(bootstrap: str, timeout_ms: int) -> KafkaAdminClient:
+    return KafkaAdminClient(
         bootstrap_servers=bootstrap, client_id="mqcast-admin", request_timeout_ms=timeout_ms
     )
+
+
+def ensure_topics(bootstrap: str, specs: list[TopicSpec], timeout_ms: int = 30_000) -> list[str]:
+    """Create the missing topics (replication factor 1); returns the names created."""
+    admin = _admin(bootstrap, timeout_ms)
     try:
         existing = set(admin.list_topics())
         new = [
@@ -91,9 +95,7 @@ class SettingDrift:
 def setting_drift(bootstrap: str, specs: list[TopicSpec], timeout_ms: int = 30_000) -> list[SettingDrift]:
     """The settings of ``specs`` that their topics, where they exist, hold otherwise (topics made
     before mqcast asked for the setting, or by hand)."""
-    admin = KafkaAdminClient(
-        bootstrap_servers=bootstrap, client_id="mqcast-admin", request_timeout_ms=timeout_ms
-    )
+    admin = _admin(bootstrap, timeout_ms)
     try:
         existing = set(admin.list_topics())
         asked = [s for s in specs if s.configs and s.name in existing]
