@@ -11,6 +11,11 @@ both alike. On a CPU both are measured in the two ways the predictor can run the
 thread whose forwards torch splits over its team of threads (torch's default), and one worker per
 thread, each running whole batches single-threaded (the service's default). Each step's ratio is
 given against the faster of the two bare forwards at that batch size.
+
+A third figure, the caller's ceiling, is the step over a model that costs nothing
+(:class:`InstantModel`): everything one process does around its forwards, laid out as a GPU's
+caller does it. No device lets one process's step go faster, so on a GPU it tells how close the
+step comes to its bound, and on a CPU it measures changes to that work without a GPU.
 """
 
 from __future__ import annotations
@@ -32,7 +37,7 @@ from state.partition import ClosedBucket, PartitionState
 from stream.batcher import ForecastRequest, chunks, cut_at_batches
 from stream.config import non_negative_int, positive_int
 from stream.inference import Predictor
-from stream.inputs import PendingInputs, StaticTable, calendar_columns, inputs_for
+from stream.inputs import ModelInputs, PendingInputs, StaticTable, calendar_columns, inputs_for
 from stream.pipeline import forecast_pipelined
 from stream.publish import ForecastFormat, encode_forecasts
 
@@ -164,6 +169,11 @@ class Workload:
         ready = inputs_for(self.closed, "D", self.cfg.horizons, self.statics, self.calendar)
         return [torch.from_numpy(np.ascontiguousarray(a)).to(device) for a in ready.arrays()]
 
+    def forecasts(self, predictor: Predictor, batch: int) -> np.ndarray:
+        """The model's forecasts of the first ``batch`` rows (at most all of them), [B, H, Q]."""
+        pending = PendingInputs([self.closed], "D", self.cfg.horizons, self.statics, self.calendar)
+        return predictor.predict(pending.slice(0, min(batch, self.rows)))
+
     def step(
         self, predictor: Predictor, batch: int, depth: int | None = None, split_past: bool | None = None
     ) -> None:
@@ -218,6 +228,31 @@ def bare_forward(predictor: Predictor, tensors: list[torch.Tensor], batch: int) 
     return run
 
 
+class InstantModel(Predictor):
+    """A predictor whose model costs nothing: each forward hands back ready forecasts at once.
+
+    It runs the caller's side of the step as on a GPU (one model thread, two batches queued, the
+    past covariates in parts, the JSON on the caller's thread), so the step over it is the most one
+    process can forecast whatever its device: the caller's ceiling. On a GPU the step is bound
+    there, not by the model (README, "On a GPU"); this measures that bound on any machine."""
+
+    def __init__(self, like: Predictor, forecasts: np.ndarray) -> None:
+        """``forecasts`` [B, H, Q]: what every forward of up to B rows gives (its first rows)."""
+        super().__init__(like.module, like.meta, torch.device("cpu"), workers=1)
+        self.forecasts = forecasts
+
+    @property
+    def depth(self) -> int:
+        return 2  # a GPU predictor's: its one worker and a spare
+
+    @property
+    def split_past(self) -> bool:
+        return True
+
+    def _forward(self, inputs: ModelInputs) -> np.ndarray:
+        return self.forecasts[: inputs.target.shape[0]].copy()  # a new array, as a forward's
+
+
 def _layouts(path: Path, device: str, precision: str) -> dict[str, Predictor]:
     """The ways to run the model worth comparing on ``device``, by name."""
     auto = Predictor.load(path, device, precision)
@@ -262,6 +297,8 @@ def run(
         ("items in the closed bucket", f"{n:,}"),
     ]
     tensors = work.tensors(first.device)
+    # The caller's ceiling hands back the model's own forecasts, so its messages are as long.
+    instant = InstantModel(first, work.forecasts(first, max(batch_sizes)))
     for precision, b in ((p, b) for p in precisions for b in batch_sizes):
         b = min(b, n)
         tag = f"{precision}, batch {b:>6}"
@@ -281,6 +318,12 @@ def run(
             if name == next(reversed(layouts[precision])):  # the service's default
                 split = work.parts(predictor, b)
             predictor.close()  # one layout's threads at a time, as the service runs one predictor
+        if precision == precisions[0]:  # the model's precision is nothing to an instant model
+            over_instant = {"in parts": partial(work.step, instant, b)}
+            if compare_past:
+                over_instant["whole"] = partial(work.step, instant, b, None, False)
+            ceiling = alternated(over_instant, n, min_s / 2, rounds=2)
+            instant.close()
         best = max(bare.values())
         for name, figure in bare.items():
             rows.append((f"{tag}: bare forward, {name}", f"{figure:,.0f} forecasts/s"))
@@ -291,6 +334,15 @@ def run(
                     f"{figure:,.0f} forecasts/s (ratio {figure / best:.2f})",
                 )
             )
+        if precision == precisions[0]:
+            for form, figure in ceiling.items():
+                rows.append(
+                    (
+                        f"{tag}: the caller's ceiling (the step over an instant model, as on a GPU), "
+                        f"past covariates {form}",
+                        f"{figure:,.0f} forecasts/s",
+                    )
+                )
         rows.append(
             (
                 f"{tag}: step's parts, µs per forecast",
