@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from bench.common import default_model, machine, precision_list, table
+from bench.common import default_model, machine, positive_int_list, precision_list, table
 from model.export import feedback_previous_of, feedback_window_of
 from state.config import StateConfig
 from state.partition import ClosedBucket, PartitionState
@@ -354,9 +354,18 @@ def run(
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__)
-    p.add_argument("--items", type=int, default=20_000)
-    p.add_argument("--batch-sizes", default="256,1024,4096,16384")
-    p.add_argument("--device", default="auto")
+    p.add_argument(
+        "--items", type=positive_int, default=20_000, help="items in the closed bucket (default: 20000)"
+    )
+    p.add_argument(
+        "--batch-sizes",
+        type=positive_int_list,
+        default="256,1024,4096,16384",
+        help="comma-separated model batch sizes, one row group each (default: 256,1024,4096,16384)",
+    )
+    p.add_argument(
+        "--device", choices=("auto", "cpu", "cuda"), default="auto", help="auto: CUDA when torch sees a GPU"
+    )
     p.add_argument(
         "--feedback-window",
         type=int,
@@ -403,10 +412,9 @@ def main(argv: list[str] | None = None) -> None:
         "parts for the device to join, or whole), by turns with the rest (default: off)",
     )
     a = p.parse_args(argv)
-    sizes = [int(x) for x in a.batch_sizes.split(",")]
     rows = run(
         a.items,
-        sizes,
+        a.batch_sizes,
         a.device,
         a.feedback_window,
         a.precisions,

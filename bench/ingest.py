@@ -20,6 +20,7 @@ from kafka.admin import KafkaAdminClient, NewTopic
 from bench.common import bootstrap_server, machine, synthetic_events, table
 from state.config import StateConfig
 from state.partition import PartitionState
+from stream.config import positive_int
 from stream.decode import TimestampCache, decode_events
 
 
@@ -137,9 +138,9 @@ def run(n_events: int, n_items: int, partitions: int, rounds: int = 3) -> list[t
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__)
-    p.add_argument("--events", type=int, default=300_000)
-    p.add_argument("--items", type=int, default=20_000)
-    p.add_argument("--partitions", type=int, default=4)
+    p.add_argument("--events", type=positive_int, default=300_000, help="events produced (default: 300000)")
+    p.add_argument("--items", type=positive_int, default=20_000, help="distinct items (default: 20000)")
+    p.add_argument("--partitions", type=positive_int, default=4, help="partitions of the topic (default: 4)")
     p.add_argument("--rounds", type=int, default=3, help="alternating rounds of each side (best is reported)")
     a = p.parse_args(argv)
     print(table(run(a.events, a.items, a.partitions, a.rounds), f"Ingest ({machine()})"))

@@ -316,10 +316,14 @@ def main(argv: list[str] | None = None) -> None:
         default=[10_000],
         help="items, or a comma-separated list of loads for a latency curve (default: 10000)",
     )
-    p.add_argument("--days", type=positive_int, default=30)
-    p.add_argument("--days-per-second", type=float, default=1.0)
-    p.add_argument("--max-batch", type=positive_int, default=1024)
-    p.add_argument("--max-delay-ms", type=float, default=20.0)
+    p.add_argument("--days", type=positive_int, default=30, help="days replayed (default: 30)")
+    p.add_argument(
+        "--days-per-second", type=float, default=1.0, help="replay speed: days closed per second (default: 1)"
+    )
+    p.add_argument("--max-batch", type=positive_int, default=1024, help="rows per model call (default: 1024)")
+    p.add_argument(
+        "--max-delay-ms", type=float, default=20.0, help="the micro-batcher's longest wait (default: 20)"
+    )
     p.add_argument(
         "--members",
         type=positive_int_list,

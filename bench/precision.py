@@ -78,7 +78,7 @@ def main(argv: list[str] | None = None) -> None:
         default="fp32,bf16,fp16",
         help="comma-separated, the reference first (default: fp32,bf16,fp16)",
     )
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="training seed (default: 0)")
     a = p.parse_args(argv)
     rows = run(a.data, a.minutes, a.device, a.precisions, a.seed)
     print(table(rows, f"Precision ({machine()}, {torch.get_num_threads()} threads)"))

@@ -119,8 +119,12 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument(
         "--batch", type=int, default=None, help="rows per model call (default: 16384 on a GPU, 1024 on a CPU)"
     )
-    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
-    p.add_argument("--precision", choices=tuple(PRECISIONS), default="fp32")
+    p.add_argument(
+        "--device", choices=("auto", "cpu", "cuda"), default="auto", help="auto: CUDA when torch sees a GPU"
+    )
+    p.add_argument(
+        "--precision", choices=tuple(PRECISIONS), default="fp32", help="the layers' dtype (default: fp32)"
+    )
     p.add_argument("--seconds", type=float, default=3.0, help="time each figure runs (default: 3)")
     a = p.parse_args(argv)
     counts = [int(x) for x in a.processes.split(",")]

@@ -20,6 +20,7 @@ from bench.inference import service_step
 from model.export import feedback_previous_of, feedback_window_of
 from state.config import StateConfig
 from state.partition import PartitionState
+from stream.config import positive_int
 from stream.inference import PRECISIONS, Predictor
 from stream.inputs import StaticTable
 from stream.publish import ForecastFormat
@@ -104,10 +105,14 @@ def run(n_items: int, batch: int, device: str = "auto", precision: str = "fp32")
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__)
-    p.add_argument("--items", type=int, default=1_000_000)
-    p.add_argument("--batch", type=int, default=1024)
-    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
-    p.add_argument("--precision", choices=tuple(PRECISIONS), default="fp32")
+    p.add_argument("--items", type=positive_int, default=1_000_000, help="items (default: 1000000)")
+    p.add_argument("--batch", type=positive_int, default=1024, help="rows per model call (default: 1024)")
+    p.add_argument(
+        "--device", choices=("auto", "cpu", "cuda"), default="auto", help="auto: CUDA when torch sees a GPU"
+    )
+    p.add_argument(
+        "--precision", choices=tuple(PRECISIONS), default="fp32", help="the layers' dtype (default: fp32)"
+    )
     a = p.parse_args(argv)
     print(table(run(a.items, a.batch, a.device, a.precision), f"Scale ({machine()})"))
 
