@@ -9,6 +9,10 @@
  * batch of a partition; in Python each record costs about 1-2 us (a join and a few lookups), here
  * a length check and two copies. The bytes are those of the Python loop, which
  * `tests/unit/test_bulk_send.py` checks against kafka-python's own `append`.
+ *
+ * A key may be a str, written as its UTF-8 (the forecasts' keys are their item ids: no bytes
+ * object per record), and `murmur2` hashes a column of keys as Kafka's default partitioner does
+ * (`stream.partitioner`; in numpy it took about as long as framing the records).
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -36,9 +40,82 @@ static char *write_varint(char *out, Py_ssize_t value) {
     return out;
 }
 
+/* A key's bytes: a bytes object's own, or a str's UTF-8 (which CPython keeps with the str, so an
+ * ASCII id costs nothing). NULL with an exception set for anything else. */
+static const char *key_bytes(PyObject *key, Py_ssize_t *len) {
+    if (PyBytes_Check(key)) {
+        *len = PyBytes_GET_SIZE(key);
+        return PyBytes_AS_STRING(key);
+    }
+    if (PyUnicode_Check(key)) return PyUnicode_AsUTF8AndSize(key, len);
+    PyErr_Format(PyExc_TypeError, "keys must be bytes or str, not %.100s", Py_TYPE(key)->tp_name);
+    return NULL;
+}
+
+/* Kafka's murmur2 (the Java client's Utils.murmur2) of `len` bytes. */
+static uint32_t murmur2_of(const unsigned char *data, Py_ssize_t len) {
+    const uint32_t m = 0x5bd1e995;
+    uint32_t h = 0x9747b28cu ^ (uint32_t)len;
+    Py_ssize_t blocks = len / 4;
+    for (Py_ssize_t i = 0; i < blocks; i++) {
+        const unsigned char *b = data + 4 * i;
+        uint32_t k = (uint32_t)b[0] | (uint32_t)b[1] << 8 | (uint32_t)b[2] << 16 | (uint32_t)b[3] << 24;
+        k *= m;
+        k ^= k >> 24;
+        k *= m;
+        h *= m;
+        h ^= k;
+    }
+    const unsigned char *tail = data + 4 * blocks;
+    switch (len % 4) {
+    case 3:
+        h ^= (uint32_t)tail[2] << 16;
+        /* fall through */
+    case 2:
+        h ^= (uint32_t)tail[1] << 8;
+        /* fall through */
+    case 1:
+        h ^= (uint32_t)tail[0];
+        h *= m;
+    }
+    h ^= h >> 13;
+    h *= m;
+    h ^= h >> 15;
+    return h;
+}
+
+PyDoc_STRVAR(murmur2_doc,
+             "murmur2(keys) -> bytes\n\n"
+             "Kafka's murmur2 hash of each key (bytes, or str hashed as its UTF-8), as native uint32\n"
+             "values one after another.");
+
+static PyObject *murmur2(PyObject *self, PyObject *keys_obj) {
+    (void)self;
+    PyObject *keys = PySequence_Fast(keys_obj, "keys must be a sequence");
+    if (keys == NULL) return NULL;
+    Py_ssize_t n = PySequence_Fast_GET_SIZE(keys);
+    PyObject *out = PyBytes_FromStringAndSize(NULL, n * (Py_ssize_t)sizeof(uint32_t));
+    if (out != NULL) {
+        uint32_t *h = (uint32_t *)PyBytes_AS_STRING(out);
+        PyObject **k = PySequence_Fast_ITEMS(keys);
+        for (Py_ssize_t i = 0; i < n; i++) {
+            Py_ssize_t len;
+            const char *data = key_bytes(k[i], &len);
+            if (data == NULL) {
+                Py_CLEAR(out);
+                break;
+            }
+            h[i] = murmur2_of((const unsigned char *)data, len);
+        }
+    }
+    Py_DECREF(keys);
+    return out;
+}
+
 PyDoc_STRVAR(frame_doc,
              "frame(head, offset, keys, values, start, room) -> (bytes, stop, largest)\n\n"
-             "Records ``start..stop`` of ``keys`` / ``values`` (bytes), framed one after another while\n"
+             "Records ``start..stop`` of ``keys`` (bytes, or str written as UTF-8) / ``values`` (bytes),\n"
+             "framed one after another while"
              "they fit in ``room`` bytes: ``head`` (attributes and timestamp delta) then the offset\n"
              "delta from ``offset`` on, the key, the value, no headers. ``largest`` is the size of the\n"
              "largest record written (0 when none fits).");
@@ -66,11 +143,12 @@ static PyObject *frame(PyObject *self, PyObject *args) {
     /* First pass: how many records fit, and how many bytes they take. */
     Py_ssize_t used = 0, largest = 0, stop = start;
     for (; stop < n; stop++) {
-        if (!PyBytes_Check(k[stop]) || !PyBytes_Check(v[stop])) {
-            PyErr_Format(PyExc_TypeError, "record %zd: keys and values must be bytes", stop);
+        if (!PyBytes_Check(v[stop])) {
+            PyErr_Format(PyExc_TypeError, "record %zd: values must be bytes", stop);
             goto done;
         }
-        Py_ssize_t key_len = PyBytes_GET_SIZE(k[stop]), value_len = PyBytes_GET_SIZE(v[stop]);
+        Py_ssize_t key_len, value_len = PyBytes_GET_SIZE(v[stop]);
+        if (key_bytes(k[stop], &key_len) == NULL) goto done;
         Py_ssize_t body = head.len + varint_size(offset + stop - start) + varint_size(key_len) + key_len +
                           varint_size(value_len) + value_len + 1;
         Py_ssize_t need = varint_size(body) + body;
@@ -82,7 +160,8 @@ static PyObject *frame(PyObject *self, PyObject *args) {
     if (out == NULL) goto done;
     char *p = PyBytes_AS_STRING(out);
     for (Py_ssize_t i = start; i < stop; i++) {
-        Py_ssize_t key_len = PyBytes_GET_SIZE(k[i]), value_len = PyBytes_GET_SIZE(v[i]);
+        Py_ssize_t key_len, value_len = PyBytes_GET_SIZE(v[i]);
+        const char *key = key_bytes(k[i], &key_len); /* not NULL: the first pass read it */
         Py_ssize_t delta = offset + i - start;
         Py_ssize_t body = head.len + varint_size(delta) + varint_size(key_len) + key_len + varint_size(value_len) +
                           value_len + 1;
@@ -91,7 +170,7 @@ static PyObject *frame(PyObject *self, PyObject *args) {
         p += head.len;
         p = write_varint(p, delta);
         p = write_varint(p, key_len);
-        memcpy(p, PyBytes_AS_STRING(k[i]), key_len);
+        memcpy(p, key, key_len);
         p += key_len;
         p = write_varint(p, value_len);
         memcpy(p, PyBytes_AS_STRING(v[i]), value_len);
@@ -109,11 +188,12 @@ done:
 
 static PyMethodDef methods[] = {
     {"frame", frame, METH_VARARGS, frame_doc},
+    {"murmur2", murmur2, METH_O, murmur2_doc},
     {NULL, NULL, 0, NULL},
 };
 
 static struct PyModuleDef module = {
-    PyModuleDef_HEAD_INIT, "stream._records", "Kafka records framed in C.", -1, methods, NULL, NULL, NULL, NULL,
+    PyModuleDef_HEAD_INIT, "stream._records", "Kafka records framed, and their keys hashed, in C.", -1, methods, NULL, NULL, NULL, NULL,
 };
 
 PyMODINIT_FUNC PyInit__records(void) { return PyModule_Create(&module); }

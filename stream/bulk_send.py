@@ -25,6 +25,7 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from operator import itemgetter
 
 import numpy as np
 from kafka import KafkaProducer
@@ -78,7 +79,7 @@ class Appended:
 
 
 def _frame(
-    head: bytes, offset: int, keys: Sequence[bytes], values: Sequence[bytes], start: int, room: int
+    head: bytes, offset: int, keys: Sequence[bytes | str], values: Sequence[bytes], start: int, room: int
 ) -> tuple[bytes, int, int]:
     """Records ``start..stop`` framed one after another while they fit in ``room`` bytes, their
     offset deltas from ``offset`` on: (their bytes, ``stop``, the largest record's size). The
@@ -90,7 +91,7 @@ def _frame(
     parts: list[bytes] = []
     table, join = _VARINTS, b"".join
     while i < n:
-        key, value = keys[i], values[i]
+        key, value = _key_bytes(keys[i]), values[i]
         try:  # the table covers nearly every record; a function call per varint costs 15% here
             body = join((head, table[offset], table[len(key)], key, table[len(value)], value, b"\x00"))
             length = table[len(body)]
@@ -109,10 +110,15 @@ def _frame(
     return b"".join(parts), i, largest
 
 
+def _key_bytes(key: bytes | str) -> bytes:
+    """A record's key as bytes: a str is written as its UTF-8 (as ``stream._records.frame`` does)."""
+    return key.encode("utf-8") if isinstance(key, str) else key
+
+
 def _fill(
     batch: ProducerBatch,
     timestamp_ms: int,
-    keys: Sequence[bytes],
+    keys: Sequence[bytes | str],
     values: Sequence[bytes],
     start: int,
     now: float,
@@ -153,7 +159,7 @@ def append_records(
     accumulator: RecordAccumulator,
     tp: TopicPartition,
     timestamp_ms: int,
-    keys: Sequence[bytes],
+    keys: Sequence[bytes | str],
     values: Sequence[bytes],
 ) -> list[FutureProduceResult]:
     """Append records to one partition's batches, in order; returns each batch written to.
@@ -185,7 +191,7 @@ def append_records(
             accumulator._appends_in_progress.decrement()
         # No open batch, or it is full: the accumulator starts one with this record. Its batch is
         # taken from the record's future, not the deque, which the sender may have drained since.
-        future = accumulator.append(tp, timestamp_ms, keys[i], values[i], [], now=now)[0]
+        future = accumulator.append(tp, timestamp_ms, _key_bytes(keys[i]), values[i], [], now=now)[0]
         i += 1
         if not touched or touched[-1] is not future._produce_future:
             touched.append(future._produce_future)
@@ -196,15 +202,16 @@ def send_many(
     producer: KafkaProducer,
     topic: str,
     partitions: np.ndarray,
-    keys: Sequence[bytes],
+    keys: Sequence[bytes | str],
     values: Sequence[bytes],
     timestamp_ms: int | None = None,
 ) -> list[Appended]:
     """Send ``values[i]`` keyed ``keys[i]`` to ``partitions[i]`` of ``topic``, like a loop of
     ``producer.send`` (each partition's records keep their order), at a fraction of its cost.
 
-    Keys and values must be bytes (no serialisers run). Returns, per partition written to, the
-    batches that carry its records; :meth:`stream.publish.Publisher.flush` checks they all succeed.
+    Values must be bytes and keys bytes or str, written as UTF-8 (no serialisers run). Returns, per
+    partition written to, the batches that carry its records; :meth:`stream.publish.Publisher.flush`
+    checks they all succeed.
     """
     if producer._closed:
         raise PublishError("the producer is closed")
@@ -212,12 +219,13 @@ def send_many(
         raise ValueError(f"{len(keys)} keys, {len(values)} values, {len(partitions)} partitions")
     if len(keys) == 0:
         return []
-    # send checks each record's size against max_request_size; the longest record decides for all.
-    n = len(keys)
-    sizes = np.fromiter(map(len, keys), np.int64, n) + np.fromiter(map(len, values), np.int64, n)
-    longest = int(np.argmax(sizes))
+    # send checks each record's size against max_request_size. The longest key with the longest
+    # value bound every record (a str's UTF-8 has at most 4 bytes a character), and take one pass
+    # each in C rather than a size per record.
+    longest_key = max(keys, key=len)
+    key_size = len(longest_key) * 4 if isinstance(longest_key, str) else len(longest_key)
     producer._ensure_valid_record_size(
-        DefaultRecordBatchBuilder.estimate_size_in_bytes(keys[longest], values[longest], [])
+        DefaultRecordBatchBuilder.estimate_size_in_bytes(bytes(key_size), max(values, key=len), [])
     )
     if timestamp_ms is None:
         timestamp_ms = int(time.time() * 1000)
@@ -231,9 +239,13 @@ def send_many(
         tp = TopicPartition(topic, p)
         if transactions is not None and transactions.is_transactional():
             transactions.maybe_add_partition_to_transaction(tp)
-        idx = rows.tolist()
+        pick = itemgetter(*rows.tolist())  # one C-level gather per column (a tuple of 2+ rows)
         batches = append_records(
-            producer._accumulator, tp, timestamp_ms, [keys[i] for i in idx], [values[i] for i in idx]
+            producer._accumulator,
+            tp,
+            timestamp_ms,
+            (keys[int(rows[0])],) if rows.size == 1 else pick(keys),
+            (values[int(rows[0])],) if rows.size == 1 else pick(values),
         )
         out.append(Appended(p, batches))
     producer._sender.wakeup()
@@ -241,7 +253,7 @@ def send_many(
 
 
 def send_keyed(
-    producer: KafkaProducer, topic: str, keys: Sequence[bytes], values: Sequence[bytes]
+    producer: KafkaProducer, topic: str, keys: Sequence[bytes | str], values: Sequence[bytes]
 ) -> list[Appended]:
     """:func:`send_many` to the partitions Kafka's default partitioner would choose for ``keys``,
     hashed for the whole column at once (:func:`stream.partitioner.key_partitions`)."""

@@ -1,8 +1,9 @@
 """Kafka's default key partitioning (murmur2), for a whole batch of keys at once.
 
 The producer's own partitioner hashes each key in pure Python, which costs about as much as the
-rest of a send together. Hashing a batch over numpy columns and passing the partition explicitly
-puts every forecast exactly where the default partitioner (and the Java client) would.
+rest of a send together. Hashing a batch at once (in C, or over numpy columns) and passing the
+partition explicitly puts every forecast exactly where the default partitioner (and the Java
+client) would.
 """
 
 from __future__ import annotations
@@ -11,12 +12,25 @@ from collections.abc import Sequence
 
 import numpy as np
 
+try:
+    from stream import _records as _native
+except ImportError:  # built without a C compiler (setup.py): the same hashes over numpy columns
+    _native = None
+
 _SEED = np.uint32(0x9747B28C)
 _M = np.uint32(0x5BD1E995)
 
 
-def murmur2(keys: Sequence[bytes]) -> np.ndarray:
-    """Kafka's murmur2 hash (``Utils.murmur2``) of each key, as uint32."""
+def murmur2(keys: Sequence[bytes | str]) -> np.ndarray:
+    """Kafka's murmur2 hash (``Utils.murmur2``) of each key (a str: of its UTF-8), as uint32.
+
+    In C where the extension was built (``stream/_records.c``), else over numpy columns."""
+    if _native is not None:
+        return np.frombuffer(_native.murmur2(keys), dtype=np.uint32)
+    return _murmur2_columns([k.encode("utf-8") if isinstance(k, str) else k for k in keys])
+
+
+def _murmur2_columns(keys: list[bytes]) -> np.ndarray:
     n = len(keys)
     if n == 0:
         return np.zeros(0, dtype=np.uint32)
@@ -47,7 +61,7 @@ def murmur2(keys: Sequence[bytes]) -> np.ndarray:
     return h
 
 
-def key_partitions(keys: Sequence[bytes], partitions: Sequence[int]) -> np.ndarray:
+def key_partitions(keys: Sequence[bytes | str], partitions: Sequence[int]) -> np.ndarray:
     """The partition the default partitioner gives each key, among the topic's ``partitions``."""
     ordered = np.array(sorted(partitions), dtype=np.int64)
     if ordered.size == 0:

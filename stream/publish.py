@@ -107,7 +107,8 @@ class Publisher:
         self._futures: list = []
 
     def forecasts(self, item_ids: Sequence[str], messages: list[bytes]) -> list[FutureProduceResult]:
-        """Send one message per item, keyed by item id (so an item's forecasts stay in order).
+        """Send one message per item, keyed by item id (its UTF-8; so an item's forecasts stay in
+        order).
 
         Each goes to the partition Kafka's default partitioner would choose for its key, hashed
         for the whole batch at once, and all are appended at once
@@ -116,7 +117,8 @@ class Publisher:
         """
         if len(item_ids) != len(messages):
             raise ValueError(f"{len(item_ids)} items but {len(messages)} messages")
-        keys = [item.encode("utf-8") for item in item_ids]
+        # The ids themselves are the keys: the C paths read a str's UTF-8 where CPython keeps it.
+        keys = item_ids.tolist() if isinstance(item_ids, np.ndarray) else item_ids
         appended = send_keyed(self.producer, self.forecast_topic, keys, messages)
         for a in appended:
             self._futures.extend(a.batches)

@@ -124,3 +124,22 @@ def test_each_call_returns_every_batch_it_wrote_to_in_order():
 def test_mismatched_columns_are_refused():
     with pytest.raises(ValueError, match="2 keys but 1 values"):
         append_records(RecordAccumulator(), TP, TS, [b"a", b"b"], [b"x"])
+
+
+def test_text_keys_are_written_as_their_utf8():
+    keys, values = records(300, seed=5)
+    texts = [k.decode() for k in keys]
+    texts[7] = "ünï-çödé-𝄞"  # several bytes a character
+    keys[7] = texts[7].encode("utf-8")
+    as_bytes = RecordAccumulator(batch_size=4096)
+    append_records(as_bytes, TP, TS, keys, values)
+    as_text = RecordAccumulator(batch_size=4096)
+    append_records(as_text, TP, TS, texts, values)
+    assert closed_buffers(as_text) == closed_buffers(as_bytes)
+
+
+def test_keys_neither_bytes_nor_text_are_refused():
+    acc = RecordAccumulator(batch_size=4096)
+    append_records(acc, TP, TS, [b"a"], [b"x"])  # an open batch, so the next record is framed
+    with pytest.raises(TypeError):
+        append_records(acc, TP, TS, [b"b", 3], [b"y", b"z"])

@@ -8,7 +8,19 @@ import numpy as np
 import pytest
 from kafka.partitioner.default import murmur2 as client_murmur2
 
+import stream.partitioner
 from stream.partitioner import key_partitions, murmur2
+
+
+@pytest.fixture(autouse=True, params=["C", "Python"])
+def hashing(request, monkeypatch):
+    """Every test runs with the keys hashed in C (``stream/_records.c``) and over numpy columns."""
+    if request.param == "C" and stream.partitioner._native is None:
+        pytest.skip("stream._records was not built (no C compiler)")
+    if request.param == "Python":
+        monkeypatch.setattr(stream.partitioner, "_native", None)
+    return request.param
+
 
 # Kafka's own murmur2 test vectors (the Java client's UtilsTest), as signed 32-bit values.
 JAVA_VECTORS = {
@@ -46,3 +58,10 @@ def test_empty_batch_and_topic_without_partitions() -> None:
     assert key_partitions([], {0, 1}).size == 0
     with pytest.raises(ValueError, match="no partitions"):
         key_partitions([b"a"], set())
+
+
+def test_a_text_key_hashes_as_its_utf8() -> None:
+    texts = ["", "a", "item-1", "ünï-çödé-𝄞", "x" * 41] + [f"item-{i}" for i in range(500)]
+    assert murmur2(texts).tolist() == murmur2([t.encode("utf-8") for t in texts]).tolist()
+    expected = [(client_murmur2(t.encode()) & 0x7FFFFFFF) % 3 for t in texts]
+    assert key_partitions(texts, {0, 1, 2}).tolist() == expected
