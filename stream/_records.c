@@ -112,6 +112,39 @@ static PyObject *murmur2(PyObject *self, PyObject *keys_obj) {
     return out;
 }
 
+PyDoc_STRVAR(longest_doc,
+             "longest(keys, values) -> (key_size, value_size)\n\n"
+             "The largest key (bytes, or str as its UTF-8) and the largest value (bytes), in bytes:\n"
+             "every record of the columns is at most that large.");
+
+static PyObject *longest(PyObject *self, PyObject *args) {
+    (void)self;
+    PyObject *keys_obj, *values_obj;
+    if (!PyArg_ParseTuple(args, "OO", &keys_obj, &values_obj)) return NULL;
+    PyObject *result = NULL, *keys = NULL, *values = NULL;
+    keys = PySequence_Fast(keys_obj, "keys must be a sequence");
+    values = keys ? PySequence_Fast(values_obj, "values must be a sequence") : NULL;
+    if (values == NULL) goto done;
+    Py_ssize_t key_size = 0, value_size = 0, len;
+    PyObject **k = PySequence_Fast_ITEMS(keys), **v = PySequence_Fast_ITEMS(values);
+    for (Py_ssize_t i = 0; i < PySequence_Fast_GET_SIZE(keys); i++) {
+        if (key_bytes(k[i], &len) == NULL) goto done;
+        if (len > key_size) key_size = len;
+    }
+    for (Py_ssize_t i = 0; i < PySequence_Fast_GET_SIZE(values); i++) {
+        if (!PyBytes_Check(v[i])) {
+            PyErr_Format(PyExc_TypeError, "record %zd: values must be bytes", i);
+            goto done;
+        }
+        if (PyBytes_GET_SIZE(v[i]) > value_size) value_size = PyBytes_GET_SIZE(v[i]);
+    }
+    result = Py_BuildValue("nn", key_size, value_size);
+done:
+    Py_XDECREF(keys);
+    Py_XDECREF(values);
+    return result;
+}
+
 PyDoc_STRVAR(frame_doc,
              "frame(head, offset, keys, values, start, room) -> (bytes, stop, largest)\n\n"
              "Records ``start..stop`` of ``keys`` (bytes, or str written as UTF-8) / ``values`` (bytes),\n"
@@ -189,6 +222,7 @@ done:
 static PyMethodDef methods[] = {
     {"frame", frame, METH_VARARGS, frame_doc},
     {"murmur2", murmur2, METH_O, murmur2_doc},
+    {"longest", longest, METH_VARARGS, longest_doc},
     {NULL, NULL, 0, NULL},
 };
 

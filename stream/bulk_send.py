@@ -219,13 +219,11 @@ def send_many(
         raise ValueError(f"{len(keys)} keys, {len(values)} values, {len(partitions)} partitions")
     if len(keys) == 0:
         return []
-    # send checks each record's size against max_request_size. The longest key with the longest
-    # value bound every record (a str's UTF-8 has at most 4 bytes a character), and take one pass
-    # each in C rather than a size per record.
-    longest_key = max(keys, key=len)
-    key_size = len(longest_key) * 4 if isinstance(longest_key, str) else len(longest_key)
+    # send checks each record's size against max_request_size: the longest key with the longest
+    # value bound every record, without a size per record.
+    key_size, value_size = _longest(keys, values)
     producer._ensure_valid_record_size(
-        DefaultRecordBatchBuilder.estimate_size_in_bytes(bytes(key_size), max(values, key=len), [])
+        DefaultRecordBatchBuilder.estimate_size_in_bytes(bytes(key_size), bytes(value_size), [])
     )
     if timestamp_ms is None:
         timestamp_ms = int(time.time() * 1000)
@@ -250,6 +248,15 @@ def send_many(
         out.append(Appended(p, batches))
     producer._sender.wakeup()
     return out
+
+
+def _longest(keys: Sequence[bytes | str], values: Sequence[bytes]) -> tuple[int, int]:
+    """The largest key and value in bytes (in C where built; in Python a str key counts 4 bytes a
+    character, the most its UTF-8 takes)."""
+    if _native is not None:
+        return _native.longest(keys, values)
+    key = max(keys, key=len)
+    return len(key) * 4 if isinstance(key, str) else len(key), len(max(values, key=len))
 
 
 def send_keyed(

@@ -91,6 +91,8 @@ def test_a_message_over_the_request_size_is_refused_before_anything_is_appended(
     try:
         with pytest.raises(MessageSizeTooLargeError):
             publisher.forecasts(["a", "b", "c"], [b"x" * 100, b"y" * 20_000, b"z" * 100])
+        with pytest.raises(MessageSizeTooLargeError):  # the key counts too, as its UTF-8
+            publisher.forecasts(["a", "é" * 6_000, "c"], [b"x" * 100, b"y" * 100, b"z" * 100])
         assert publisher.in_flight == 0
         assert not any(producer._accumulator._batches.values())
     finally:
