@@ -83,7 +83,7 @@ def _frame(
 ) -> tuple[bytes, int, int]:
     """Records ``start..stop`` framed one after another while they fit in ``room`` bytes, their
     offset deltas from ``offset`` on: (their bytes, ``stop``, the largest record's size). The
-    Python twin of ``stream._records.frame``."""
+    Python twin of ``stream._records.frame_into``, which writes them straight into the buffer."""
     size = 0
     largest = 0
     i = start
@@ -111,7 +111,7 @@ def _frame(
 
 
 def _key_bytes(key: bytes | str) -> bytes:
-    """A record's key as bytes: a str is written as its UTF-8 (as ``stream._records.frame`` does)."""
+    """A record's key as bytes: a str is written as its UTF-8 (as ``stream._records.frame_into`` does)."""
     return key.encode("utf-8") if isinstance(key, str) else key
 
 
@@ -127,8 +127,8 @@ def _fill(
 
     Writes exactly what ``DefaultRecordBatchBuilder.append`` would for a record without headers,
     with the timestamp delta and offset delta of its position. The caller holds the partition lock.
-    The records are framed in C where the extension was built (``stream/_records.c``), else in
-    Python (:func:`_frame`), the same bytes either way.
+    The records are framed in C where the extension was built (``stream/_records.c``, straight
+    into the batch's buffer), else in Python (:func:`_frame`), the same bytes either way.
     """
     records = batch.records
     builder = records._builder
@@ -140,11 +140,13 @@ def _fill(
     offset = records._next_offset
     head = b"\x00" + varint(timestamp_ms - builder._first_timestamp)  # attributes, timestamp delta
     room = builder._batch_size - len(buffer)
-    frame = _native.frame if _native is not None else _frame
-    framed, i, largest = frame(head, offset, keys, values, start, room)
+    if _native is not None:  # straight into the batch's buffer, without a bytes object between
+        i, largest = _native.frame_into(buffer, head, offset, keys, values, start, room)
+    else:
+        framed, i, largest = _frame(head, offset, keys, values, start, room)
+        buffer += framed
     if i == start:
         return start
-    buffer += framed
     offset += i - start
     builder._num_records += i - start
     builder._last_offset = offset - 1
