@@ -11,6 +11,8 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
 from state.ledger import RealisedScore
 
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+# A snapshot takes about 3 KB an item: from tens of milliseconds to minutes for millions of items.
+_CHECKPOINT_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
 _BATCH_BUCKETS = (1, 16, 64, 256, 512, 1024, 2048, 4096, 8192, 16384, 65536)
 
 
@@ -86,6 +88,12 @@ class ServiceMetrics:
             "mqcast_ack_wait_seconds",
             "Per forecast turn, from its last message handed to the producer to the broker's last ack.",
             buckets=_LATENCY_BUCKETS,
+            registry=registry,
+        )
+        self.checkpoint_seconds = Histogram(
+            "mqcast_checkpoint_seconds",
+            "Per checkpoint, from its first snapshot to the broker's last ack: the loop waits meanwhile.",
+            buckets=_CHECKPOINT_BUCKETS,
             registry=registry,
         )
         self.forecasts_published = Counter(

@@ -101,6 +101,18 @@ def check_model_fits(meta: dict, cfg: ServiceConfig) -> None:
         raise ModelMismatchError("refusing the model: " + "; ".join(problems))
 
 
+def checkpoint_due(since_s: float, interval_s: float, last_took_s: float, share: float) -> bool:
+    """Whether a periodic checkpoint is due ``since_s`` seconds after the last one.
+
+    The loop waits while a checkpoint's snapshots are written and acknowledged (``last_took_s`` for
+    the last one), so checkpoints ``interval_s`` apart would take all of its time once a snapshot
+    takes as long as the interval (a partition of 1M items takes about 30 s). Spacing them by at
+    least ``last_took_s / share`` keeps them to ``share`` of the time; a restore then replays more
+    input, in proportion to the state it reads first anyway.
+    """
+    return since_s >= max(interval_s, last_took_s / share)
+
+
 def _retriable(exc: KafkaError) -> bool:
     """Whether a failed offset commit may wait for the next one: a lost connection, a timeout, a
     coordinator moving, or this member dropped from its generation (after a broker restart, say).
@@ -217,6 +229,7 @@ class ForecastService:
         self._timestamps = TimestampCache()
         self._last_commit = clock()
         self._last_checkpoint = clock()
+        self._checkpoint_took = 0.0  # seconds the last checkpoint held the loop (checkpoint_due)
         self._dirty: set[int] = set()
         # Below these offsets a partition is being replayed after a restore: its output went out
         # before the crash, so it is recomputed (the ledger needs it) but not published again.
@@ -597,15 +610,27 @@ class ForecastService:
         if drain or self.exactly_once:
             self.run_batches()
         held = {r.partition for r in self.batcher.pending()}
-        interval = self.cfg.durability.checkpoint_interval_ms
+        durability = self.cfg.durability
         # Exactly-once commits a snapshot with every offset commit: a restore then starts exactly
         # where the committed output ends, with nothing to replay.
         checkpoint = checkpoint or self.exactly_once
+        started = self.clock()
+        wrote = 0
         if self.changelog is not None and (
-            checkpoint or (self.clock() - self._last_checkpoint) * 1000.0 >= interval
+            checkpoint
+            or checkpoint_due(
+                started - self._last_checkpoint,
+                durability.checkpoint_interval_ms / 1000.0,
+                self._checkpoint_took,
+                durability.checkpoint_share,
+            )
         ):
-            self._checkpoint(held)
+            wrote = self._checkpoint(held)
         self.publisher.flush()
+        if wrote:
+            # Written and acknowledged (with the turn's last forecasts, a small part at any size).
+            self._checkpoint_took = self.clock() - started
+            self.metrics.checkpoint_seconds.observe(self._checkpoint_took)
         offsets = {}
         for tp, pos in self.positions.items():
             if tp.partition in held:
@@ -651,8 +676,10 @@ class ForecastService:
                     f"{tp.topic}[{tp.partition}]: commit {o.offset} is behind committed {last}"
                 )
 
-    def _checkpoint(self, held: set[int] = frozenset()) -> None:
+    def _checkpoint(self, held: set[int] = frozenset()) -> int:
+        """Write a snapshot of every changed partition not ``held``; returns how many."""
         assert self.changelog is not None
+        wrote = 0
         for tp, pos in self.positions.items():
             # A partition with forecasts still queued has closed buckets whose forecasts are not in
             # its ledger yet; its snapshot waits until they are.
@@ -661,7 +688,9 @@ class ForecastService:
                 self.publisher.track(futures)
                 self.stats.checkpoints += 1
                 self._dirty.discard(tp.partition)
+                wrote += 1
         self._last_checkpoint = self.clock()
+        return wrote
 
     def _update_lag(self) -> None:
         # During a cooperative revoke the partitions being handed over are no longer assigned.

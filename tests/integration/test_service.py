@@ -172,6 +172,8 @@ def test_events_in_forecasts_out_with_keys_and_shapes(bootstrap, topics, tiny_mo
     waits = registry.get_sample_value("mqcast_turn_wait_seconds_sum")
     assert waits == pytest.approx(sum(q for q, _, _ in phases.turns))
     assert registry.get_sample_value("mqcast_ack_wait_seconds_count") == phases.calls >= 1
+    # Each checkpoint that wrote snapshots (one or more partitions'; at least the one on close) is timed.
+    assert 1 <= registry.get_sample_value("mqcast_checkpoint_seconds_count") <= service.stats.checkpoints
 
 
 def test_bad_events_go_to_dead_letters_and_the_service_keeps_going(bootstrap, topics, tiny_model):

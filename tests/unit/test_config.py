@@ -137,3 +137,13 @@ def test_ensemble_members_must_be_a_positive_count(capsys, command):
         with pytest.raises(SystemExit):
             parse("--ensemble", bad)
         assert "--ensemble" in capsys.readouterr().err
+
+
+def test_checkpoint_share_is_a_share_of_the_time(monkeypatch, capsys):
+    assert service_config_from_args(_serve_args([])).durability.checkpoint_share == 0.1
+    monkeypatch.setenv("MQCAST_CHECKPOINT_SHARE", "0.25")
+    assert service_config_from_args(_serve_args([])).durability.checkpoint_share == 0.25
+    for bad in ("0", "1.5", "half"):
+        with pytest.raises(SystemExit):
+            _serve_args(["--checkpoint-share", bad])
+        assert "--checkpoint-share" in capsys.readouterr().err
