@@ -1,5 +1,5 @@
 """Builds the C extensions of the publishing hot path, ``stream._messages`` (the forecast messages'
-text) and ``stream._records`` (their Kafka record framing); everything else is declared in
+text) and ``stream._records`` (their Kafka record framing and key hashing); everything else is declared in
 pyproject.toml.
 
 Both are optional: where no C compiler is found the install goes on without them, and
