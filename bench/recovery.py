@@ -21,6 +21,7 @@ from state.partition import PartitionState
 from state.snapshot import restore, snapshot
 from stream.changelog import Changelog
 from stream.config import DurabilityConfig
+from stream.service import checkpoint_spacing
 from stream.topics import TopicSpec, ensure_topics
 
 DAY = 86_400_000
@@ -76,7 +77,7 @@ def run(sizes: list[int]) -> list[tuple[str, str]]:
             t_write = time.perf_counter() - t0
             # How far apart the service puts its checkpoints of such a partition (the loop waits
             # for each while its snapshot is written and acknowledged, as here).
-            spacing = max(interval_s, t_write / defaults.checkpoint_share)
+            spacing = checkpoint_spacing(interval_s, t_write, defaults.checkpoint_share)
             producer.close()
             t0 = time.perf_counter()
             found = log.read_latest(0, timeout_s=1800)

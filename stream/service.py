@@ -101,16 +101,22 @@ def check_model_fits(meta: dict, cfg: ServiceConfig) -> None:
         raise ModelMismatchError("refusing the model: " + "; ".join(problems))
 
 
-def checkpoint_due(since_s: float, interval_s: float, last_took_s: float, share: float) -> bool:
-    """Whether a periodic checkpoint is due ``since_s`` seconds after the last one.
+def checkpoint_spacing(interval_s: float, last_took_s: float, share: float) -> float:
+    """Seconds from one periodic checkpoint to the next, the last having taken ``last_took_s``.
 
-    The loop waits while a checkpoint's snapshots are written and acknowledged (``last_took_s`` for
-    the last one), so checkpoints ``interval_s`` apart would take all of its time once a snapshot
-    takes as long as the interval (a partition of 1M items takes about 30 s). Spacing them by at
-    least ``last_took_s / share`` keeps them to ``share`` of the time; a restore then replays more
-    input, in proportion to the state it reads first anyway.
+    The loop waits while a checkpoint's snapshots are written and acknowledged, so checkpoints
+    ``interval_s`` apart would take all of its time once a snapshot takes as long as the interval
+    (a partition of 1M items takes about 30 s). Spacing them by at least ``last_took_s / share``
+    keeps them to ``share`` of the time; a restore then replays more input, in proportion to the
+    state it reads first anyway.
     """
-    return since_s >= max(interval_s, last_took_s / share)
+    return max(interval_s, last_took_s / share)
+
+
+def checkpoint_due(since_s: float, interval_s: float, last_took_s: float, share: float) -> bool:
+    """Whether a periodic checkpoint is due ``since_s`` seconds after the last one
+    (:func:`checkpoint_spacing`)."""
+    return since_s >= checkpoint_spacing(interval_s, last_took_s, share)
 
 
 def _retriable(exc: KafkaError) -> bool:
