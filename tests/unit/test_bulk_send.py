@@ -9,6 +9,7 @@ import pytest
 from kafka.producer.record_accumulator import RecordAccumulator
 from kafka.record.memory_records import MemoryRecords
 from kafka.structs import TopicPartition
+from native import c_or_python
 
 import stream.bulk_send
 from stream.bulk_send import append_records, varint
@@ -20,11 +21,7 @@ TS = 1_764_000_000_000
 @pytest.fixture(autouse=True, params=["C", "Python"])
 def framing(request, monkeypatch):
     """Every test runs with the records framed in C (``stream/_records.c``) and in Python."""
-    if request.param == "C" and stream.bulk_send._native is None:
-        pytest.skip("stream._records was not built (no C compiler)")
-    if request.param == "Python":
-        monkeypatch.setattr(stream.bulk_send, "_native", None)
-    return request.param
+    return c_or_python(request, monkeypatch, stream.bulk_send)
 
 
 def records(n: int, seed: int = 0, sizes: tuple[int, int] = (1, 400)) -> tuple[list[bytes], list[bytes]]:

@@ -7,6 +7,7 @@ import random
 import numpy as np
 import pytest
 from kafka.partitioner.default import murmur2 as client_murmur2
+from native import c_or_python
 
 import stream.partitioner
 from stream.partitioner import key_partitions, murmur2
@@ -15,11 +16,7 @@ from stream.partitioner import key_partitions, murmur2
 @pytest.fixture(autouse=True, params=["C", "Python"])
 def hashing(request, monkeypatch):
     """Every test runs with the keys hashed in C (``stream/_records.c``) and over numpy columns."""
-    if request.param == "C" and stream.partitioner._native is None:
-        pytest.skip("stream._records was not built (no C compiler)")
-    if request.param == "Python":
-        monkeypatch.setattr(stream.partitioner, "_native", None)
-    return request.param
+    return c_or_python(request, monkeypatch, stream.partitioner)
 
 
 # Kafka's own murmur2 test vectors (the Java client's UtilsTest), as signed 32-bit values.
