@@ -4,7 +4,9 @@ A replay process sends events for ``--items`` items, every item selling every da
 running ``--days-per-second`` days per wall second; so ``items x days-per-second`` item-buckets close
 per second. The service runs on a 4-partition topic, as ``--members`` members of one consumer group
 (each its own process, sharing the cores); each partition's closed bucket counts from the moment it
-closed to the broker's acknowledgement of its last forecast. Several loads (``--items
+closed to the broker's acknowledgement of its last forecast. Each member snapshots its partitions'
+state to the changelog topic as the service does by default (``--changelog off`` leaves that out),
+so the checkpoints that hold its loop fall within the load. Several loads (``--items
 2500,5000,10000``) give a latency curve, one table each, against one broker.
 """
 
@@ -129,10 +131,14 @@ def _member(cfg: ServiceConfig, threads: int, go: Event, stop: Event, results: m
     while not stop.is_set():
         if service.poll_once():
             first, last = first or time.monotonic(), time.monotonic()
+    # The load's checkpoints, before close() writes a last one.
+    took = {s.name: s.value for s in service.metrics.checkpoint_seconds.collect()[0].samples}
+    checkpoints = (took["mqcast_checkpoint_seconds_count"], took["mqcast_checkpoint_seconds_sum"])
     service.close()
     stats = service.stats
     phases = (obs.queued, obs.forecast, obs.flush)
-    results.put((obs.values, stats.events, stats.forecasts, first, last, pauses.passes, obs.steady, phases))
+    report = (obs.values, stats.events, stats.forecasts, first, last, pauses.passes, obs.steady, phases)
+    results.put((*report, checkpoints))
 
 
 def run(
@@ -144,10 +150,12 @@ def run(
     max_delay_ms: float,
     members: int = 1,
     workers: int = 0,
+    changelog: bool = True,
 ) -> list[tuple[str, str]]:
     """One load: ``items`` items closing ``days_per_second`` times a second, for ``days`` days,
     served by ``members`` members of one consumer group, each in its own process with ``workers``
-    model threads (0: the service's default)."""
+    model threads (0: the service's default); with ``changelog``, state snapshotted to the
+    changelog topic as the service does by default."""
     with tempfile.TemporaryDirectory() as tmp:
         events = Path(tmp) / "events.csv"
         n_events = _write_events(events, items, days)
@@ -169,7 +177,7 @@ def run(
             model=ModelServeConfig(path=model, device="auto", workers=workers),
             batcher=BatcherConfig(max_batch=max_batch, max_delay_ms=max_delay_ms),
             metrics=MetricsConfig(port=0),
-            durability=DurabilityConfig(changelog=False),
+            durability=DurabilityConfig(changelog=changelog),
         )
         # Spawned, not forked: a forked child would inherit torch's and the client's threads' state.
         ctx = mp.get_context("spawn")
@@ -216,6 +224,8 @@ def run(
         elapsed = max(lasts) - min(firsts) if firsts else float("nan")
         n_read = sum(r[1] for r in reports)
         n_forecasts = sum(r[2] for r in reports)
+        n_checkpoints = sum(r[8][0] for r in reports)
+        checkpoint_s = sum(r[8][1] for r in reports)
         floor_ms = _bare_producer_ms(bootstrap, kafka.forecast_topic, items, _forecast_message(model))
     lat = np.concatenate([np.asarray(r[0], dtype=np.float64) for r in reports]) * 1000
     is_steady = np.concatenate([np.asarray(r[6], dtype=bool) for r in reports])
@@ -267,6 +277,12 @@ def run(
             f"{np.percentile(queued, 50):.0f} / {np.percentile(queued, 99):.0f}; "
             f"{np.percentile(forecast, 50):.0f} / {np.percentile(forecast, 99):.0f}; "
             f"{np.percentile(flush, 50):.0f} / {np.percentile(flush, 99):.0f} ms",
+        ),
+        (
+            "checkpoints during the load (each: every changed partition's snapshot written and acked)",
+            f"{n_checkpoints:.0f}, {checkpoint_s / n_checkpoints * 1000:,.0f} ms each on average"
+            if n_checkpoints
+            else ("none (interval not reached)" if changelog else "none (--changelog off)"),
         ),
         (
             "garbage collector during the load, all members",
@@ -336,6 +352,13 @@ def main(argv: list[str] | None = None) -> None:
         default=0,
         help="model threads per member, as serve's --model-workers (default 0: the service's default)",
     )
+    p.add_argument(
+        "--changelog",
+        choices=("on", "off"),
+        default="on",
+        help="snapshot each partition's state to the changelog topic every checkpoint, as the service "
+        "does by default (default: on)",
+    )
     a = p.parse_args(argv)
     if max(a.members) > PARTITIONS:
         p.error(f"--members: at most {PARTITIONS}, one partition each")
@@ -351,6 +374,7 @@ def main(argv: list[str] | None = None) -> None:
                     a.max_delay_ms,
                     members,
                     a.model_workers,
+                    a.changelog == "on",
                 )
                 print(table(rows, f"End-to-end latency, {items:,} items, {members} member(s) ({machine()})"))
                 print()
