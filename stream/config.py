@@ -192,10 +192,11 @@ class DurabilityConfig:
     changelog: bool = True
     #: How often a snapshot is written (also on revoke and shutdown); a restore replays the input since.
     checkpoint_interval_ms: int = 30_000
-    #: The most of the service's time periodic checkpoints may hold its loop: one that took T seconds
-    #: (snapshots written and acknowledged) puts the next at least T / share later, when that is
-    #: longer than the interval. A snapshot grows with the items (about 3 KB each, 30 s for 1M on
-    #: the development machine), so a large partition is snapshotted less often, not all the time.
+    #: The most of the time periodic checkpoints may take: one that took T seconds (snapshots
+    #: encoded on the loop, then written and acknowledged beside it) puts the next at least T / share
+    #: later, when that is longer than the interval. A snapshot grows with the items (about 3 KB
+    #: each, 30 s for 1M on the development machine), so a large partition is snapshotted less
+    #: often, not all the time.
     checkpoint_share: float = 0.1
     #: Kafka transactions: forecasts, dead letters, snapshots and offsets commit atomically.
     exactly_once: bool = False
@@ -380,8 +381,9 @@ def add_service_arguments(parser: argparse.ArgumentParser) -> None:
         "CHECKPOINT_SHARE",
         type=share,
         default="0.1",
-        help="the most of the time periodic snapshots may hold the loop: one that took T s puts the "
-        "next at least T / share later (a large state is snapshotted less often)",
+        help="the most of the time periodic snapshots may take to write: one that took T s (encoded, "
+        "written and acknowledged) puts the next at least T / share later (a large state is "
+        "snapshotted less often)",
     )
     add_env_argument(
         d,

@@ -46,6 +46,7 @@ from stream.observer import ServiceObserver
 from stream.pipeline import forecast_pipelined
 from stream.publish import NATIVE_MESSAGES, PRODUCER_SETTINGS, ForecastFormat, Publisher, encode_forecasts
 from stream.reload import ModelWatcher
+from stream.snapshot_writer import Snapshot, SnapshotWriter, WriteDone
 from stream.topics import FORECAST_TOPIC_CONFIGS, TopicSpec, ensure_topics, setting_drift
 from stream.values_json import prepare_values_json
 
@@ -104,9 +105,10 @@ def check_model_fits(meta: dict, cfg: ServiceConfig) -> None:
 def checkpoint_spacing(interval_s: float, last_took_s: float, share: float) -> float:
     """Seconds from one periodic checkpoint to the next, the last having taken ``last_took_s``.
 
-    The loop waits while a checkpoint's snapshots are written and acknowledged, so checkpoints
-    ``interval_s`` apart would take all of its time once a snapshot takes as long as the interval
-    (a partition of 1M items takes about 30 s). Spacing them by at least ``last_took_s / share``
+    A checkpoint's snapshots are encoded on the loop and written beside it (with exactly-once, on
+    it), taking the broker's and the network's time in proportion to the state: checkpoints
+    ``interval_s`` apart would write all the time once a snapshot takes as long as the interval (a
+    partition of 1M items takes about 30 s). Spacing them by at least ``last_took_s / share``
     keeps them to ``share`` of the time; a restore then replays more input, in proportion to the
     state it reads first anyway.
     """
@@ -235,7 +237,7 @@ class ForecastService:
         self._timestamps = TimestampCache()
         self._last_commit = clock()
         self._last_checkpoint = clock()
-        self._checkpoint_took = 0.0  # seconds the last checkpoint held the loop (checkpoint_due)
+        self._checkpoint_took = 0.0  # seconds the last checkpoint took to be acknowledged (checkpoint_due)
         self._dirty: set[int] = set()
         # Below these offsets a partition is being replayed after a restore: its output went out
         # before the crash, so it is recomputed (the ledger needs it) but not published again.
@@ -313,11 +315,21 @@ class ForecastService:
             producer.init_transactions()
             producer.begin_transaction()
         self.changelog: Changelog | None = None
+        self.snapshots: SnapshotWriter | None = None
         if cfg.durability.changelog:
             topic = changelog_topic(k.group_id, k.sales_topic)
             partitions = self.consumer.partitions_for_topic(k.sales_topic) or {0}
             ensure_topics(k.bootstrap, [TopicSpec(topic, len(partitions), _CHANGELOG_CONFIG)])
-            self.changelog = Changelog(producer, k.bootstrap, topic, read_committed=self.exactly_once)
+            if self.exactly_once:
+                # Snapshots are part of each transaction, so they go with its producer, on the loop.
+                self.changelog = Changelog(producer, k.bootstrap, topic, read_committed=True)
+            else:
+                # Written beside the loop (stream/snapshot_writer.py), by a producer of their own.
+                writer = KafkaProducer(
+                    bootstrap_servers=k.bootstrap, client_id=f"{k.client_id}-changelog", **PRODUCER_SETTINGS
+                )
+                self.changelog = Changelog(writer, k.bootstrap, topic)
+                self.snapshots = SnapshotWriter(self.changelog, clock)
         self.consumer.subscribe([k.sales_topic], listener=_Rebalance(self))
         if self.watcher is not None:
             self.watcher.start()
@@ -608,9 +620,13 @@ class ForecastService:
         1. forecast every queued request (their forecasts are part of what the offsets cover); with
            ``drain=False`` (the loop's periodic commit while a backlog waits) partitions that still
            have queued requests are left out of steps 2 and 4 until their forecasts are out;
-        2. when due (or asked), write a state snapshot of every changed partition to the changelog;
-        3. wait until the broker acknowledged every forecast, dead letter and snapshot;
-        4. commit the input offsets, which may only move forward.
+        2. when due (or asked), encode a state snapshot of every changed partition and write them to
+           the changelog beside the loop (:class:`SnapshotWriter`; one write at a time, and revoke
+           and shutdown wait for theirs), or with exactly-once in the transaction;
+        3. wait until the broker acknowledged every forecast and dead letter (with exactly-once,
+           every snapshot too);
+        4. commit the input offsets, which may only move forward. They need not wait for a snapshot
+           written beside the loop: a restore seeks to the offset its snapshot includes.
         """
         # A transaction commits all output at once, so it may only close with nothing half done.
         if drain or self.exactly_once:
@@ -620,23 +636,38 @@ class ForecastService:
         # Exactly-once commits a snapshot with every offset commit: a restore then starts exactly
         # where the committed output ends, with nothing to replay.
         checkpoint = checkpoint or self.exactly_once
+        if self.snapshots is not None:
+            if checkpoint:
+                self._checkpoint_written(self.snapshots.wait())  # the one in flight first
+            else:
+                self._checkpoint_written(self.snapshots.finished())
         started = self.clock()
         wrote = 0
-        if self.changelog is not None and (
-            checkpoint
-            or checkpoint_due(
-                started - self._last_checkpoint,
-                durability.checkpoint_interval_ms / 1000.0,
-                self._checkpoint_took,
-                durability.checkpoint_share,
+        if (
+            self.changelog is not None
+            and not (self.snapshots is not None and self.snapshots.busy)
+            and (
+                checkpoint
+                or checkpoint_due(
+                    started - self._last_checkpoint,
+                    durability.checkpoint_interval_ms / 1000.0,
+                    self._checkpoint_took,
+                    durability.checkpoint_share,
+                )
             )
         ):
-            wrote = self._checkpoint(held)
+            wrote = self._checkpoint(held, started)
+            if wrote and self.snapshots is not None:
+                if checkpoint:
+                    # Revoke and shutdown hand the state on: it is acknowledged before they return.
+                    self._checkpoint_written(self.snapshots.wait())
+                self.metrics.checkpoint_hold_seconds.observe(self.clock() - started)
         self.publisher.flush()
-        if wrote:
+        if wrote and self.snapshots is None:
             # Written and acknowledged (with the turn's last forecasts, a small part at any size).
-            self._checkpoint_took = self.clock() - started
-            self.metrics.checkpoint_seconds.observe(self._checkpoint_took)
+            took = self.clock() - started
+            self.metrics.checkpoint_hold_seconds.observe(took)
+            self._checkpoint_written(WriteDone((), started, took))
         offsets = {}
         for tp, pos in self.positions.items():
             if tp.partition in held:
@@ -682,21 +713,36 @@ class ForecastService:
                     f"{tp.topic}[{tp.partition}]: commit {o.offset} is behind committed {last}"
                 )
 
-    def _checkpoint(self, held: set[int] = frozenset()) -> int:
-        """Write a snapshot of every changed partition not ``held``; returns how many."""
+    def _checkpoint(self, held: set[int] = frozenset(), started: float | None = None) -> int:
+        """Snapshot every changed partition not ``held`` and start writing them: beside the loop
+        (:class:`SnapshotWriter`), or with exactly-once in the transaction, for the commit's flush
+        to wait for. Returns how many."""
         assert self.changelog is not None
-        wrote = 0
+        started = self.clock() if started is None else started
+        snaps = []
         for tp, pos in self.positions.items():
             # A partition with forecasts still queued has closed buckets whose forecasts are not in
             # its ledger yet; its snapshot waits until they are.
             if tp.partition in self._dirty and tp.partition in self.states and tp.partition not in held:
-                _, futures = self.changelog.write(tp.partition, snapshot(self.states[tp.partition], pos), pos)
-                self.publisher.track(futures)
-                self.stats.checkpoints += 1
+                snaps.append(Snapshot(tp.partition, snapshot(self.states[tp.partition], pos), pos))
                 self._dirty.discard(tp.partition)
-                wrote += 1
-        self._last_checkpoint = self.clock()
-        return wrote
+        self.stats.checkpoints += len(snaps)
+        self._last_checkpoint = started
+        if not snaps:
+            return 0
+        if self.snapshots is not None:
+            self.snapshots.start(snaps, started)
+        else:
+            for snap in snaps:
+                self.publisher.track(self.changelog.write(snap.partition, snap.data, snap.input_offset)[1])
+        return len(snaps)
+
+    def _checkpoint_written(self, done: WriteDone | None) -> None:
+        """Account for a checkpoint whose snapshots are all acknowledged: it spaces the next."""
+        if done is None:
+            return
+        self._checkpoint_took = done.seconds
+        self.metrics.checkpoint_seconds.observe(done.seconds)
 
     def _update_lag(self) -> None:
         # During a cooperative revoke the partitions being handed over are no longer assigned.
@@ -714,12 +760,18 @@ class ForecastService:
         """Before giving partitions up: finish, snapshot and commit everything they caused."""
         if self.positions:
             self.commit(checkpoint=True)
+        elif self.snapshots is not None:
+            self._checkpoint_written(self.snapshots.wait())
         self._forget(revoked)
 
     def on_lost(self, lost: list[TopicPartition]) -> None:
         """Partitions taken away without a revoke (this member was evicted): nothing may be committed
         for them any more; their new owner restores the last snapshot."""
         self.batcher.take()  # their forecasts would be published by an instance that no longer owns them
+        if self.snapshots is not None:
+            # A write in flight may hold their snapshots: let it end now, not beside their new
+            # owner's restore and first checkpoint.
+            self._checkpoint_written(self.snapshots.wait())
         if self.exactly_once:
             # The open transaction holds output of every partition: abort it, and rewind the
             # partitions still owned to their last committed snapshot.
@@ -813,5 +865,7 @@ class ForecastService:
             self.consumer.close(autocommit=False)
             if self.items is not None:
                 self.items.close()
+            if self.snapshots is not None:
+                self.snapshots.close()
             self.publisher.producer.close(timeout=10)
             self.predictor.close()
