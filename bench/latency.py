@@ -131,14 +131,13 @@ def _member(cfg: ServiceConfig, threads: int, go: Event, stop: Event, results: m
     while not stop.is_set():
         if service.poll_once():
             first, last = first or time.monotonic(), time.monotonic()
-    # The load's checkpoints, before close() writes a last one.
-    took = {s.name: s.value for s in service.metrics.checkpoint_seconds.collect()[0].samples}
-    held = {s.name: s.value for s in service.metrics.checkpoint_hold_seconds.collect()[0].samples}
-    checkpoints = (
-        took["mqcast_checkpoint_seconds_count"],
-        took["mqcast_checkpoint_seconds_sum"],
-        held["mqcast_checkpoint_hold_seconds_sum"],
+    # The load's checkpoints (how many, their seconds, the loop's part), before close() writes one more.
+    names = (
+        "mqcast_checkpoint_seconds_count",
+        "mqcast_checkpoint_seconds_sum",
+        "mqcast_checkpoint_hold_seconds_sum",
     )
+    checkpoints = tuple(service.registry.get_sample_value(n) or 0.0 for n in names)
     service.close()
     stats = service.stats
     phases = (obs.queued, obs.forecast, obs.flush)
