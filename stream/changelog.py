@@ -93,8 +93,9 @@ class Changelog:
         )
         return manifest, futures
 
-    def read_latest(self, partition: int, timeout_s: float = 60.0) -> tuple[bytes, Manifest] | None:
-        """The newest complete snapshot of ``partition``, or None if it has none."""
+    def read_latest(self, partition: int, timeout_s: float = 60.0) -> tuple[list[bytes], Manifest] | None:
+        """The newest complete snapshot of ``partition`` as its chunks, in order (which
+        ``state.snapshot.restore`` reads as they are), or None if it has none."""
         tp = TopicPartition(self.topic, partition)
         consumer = KafkaConsumer(
             bootstrap_servers=self.bootstrap,
@@ -132,10 +133,10 @@ class Changelog:
                     f"{self.topic}[{partition}]: chunk {i} of snapshot {m.snapshot_id} is missing or replaced"
                 )
             parts.append(value)
-        data = b"".join(parts)
-        if len(data) != m.size:
+        size = sum(len(p) for p in parts)
+        if size != m.size:
             raise ChangelogError(
-                f"{self.topic}[{partition}]: snapshot is {len(data)} bytes, manifest says {m.size}"
+                f"{self.topic}[{partition}]: snapshot is {size} bytes, manifest says {m.size}"
             )
         self._slots[partition] = m.slot
-        return data, m
+        return parts, m

@@ -98,3 +98,48 @@ def test_snapshot_of_other_configuration_is_refused():
         restore(data, StateConfig(context_length=8, horizons=3))
     with pytest.raises(SnapshotError, match="unreadable"):
         restore(b"garbage", _cfg())
+
+
+def _same_state(a: PartitionState, b: PartitionState) -> None:
+    n = a.n_items
+    assert b.n_items == n and list(b.ids[:n]) == list(a.ids[:n]) and b.index == a.index
+    for name in ("qty", "price", "first_bucket", "last_sale", "last_price"):
+        np.testing.assert_array_equal(getattr(b, name)[:n], getattr(a, name)[:n])
+    for name in ("forecasts", "origin", "feedback"):
+        np.testing.assert_array_equal(getattr(b.ledger, name)[:n], getattr(a.ledger, name)[:n])
+    assert sorted(b.open) == sorted(a.open)
+    for k in a.open:
+        np.testing.assert_array_equal(b.open[k].qty[:n], a.open[k].qty[:n])
+        np.testing.assert_array_equal(b.open[k].amount[:n], a.open[k].amount[:n])
+    assert (b.next_close, b.max_event_ms) == (a.next_close, a.max_event_ms)
+
+
+@pytest.mark.parametrize("chunk", [1, 777, 4096, 10**9])
+def test_a_snapshot_restores_from_its_changelog_chunks_as_from_the_whole(chunk):
+    """The changelog hands a restore its chunks as they came; they are read where they lie."""
+    items, ms, qty, price = _stream()
+    s = PartitionState(_cfg())
+    _drive(s, (items[:400], ms[:400], qty[:400], price[:400]), np.random.default_rng(0))
+    data = snapshot(s, 400)
+    parts = [data[i : i + chunk] for i in range(0, len(data), chunk)]
+    whole, offset = restore(data, _cfg())
+    assert offset == 400
+    _same_state(s, whole)
+    chunked, offset = restore(parts, _cfg())
+    assert offset == 400
+    _same_state(s, chunked)
+
+
+def test_an_empty_partition_restores_empty():
+    s = PartitionState(_cfg())
+    restored, offset = restore(snapshot(s, 0), _cfg())
+    assert offset == 0 and restored.n_items == 0 and not restored.open
+
+
+def test_a_snapshot_missing_its_last_chunk_is_refused_not_half_restored():
+    s = PartitionState(_cfg())
+    s.ingest(*(x[:200] for x in _stream()))
+    data = snapshot(s, 200)
+    parts = [data[i : i + 1000] for i in range(0, len(data), 1000)]
+    with pytest.raises(SnapshotError, match="unreadable"):
+        restore(parts[:-1], _cfg())
