@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import time
 import uuid
@@ -18,7 +19,7 @@ from prometheus_client import CollectorRegistry
 
 from state.partition import ClosedBucket
 from stream.batcher import BatcherConfig
-from stream.config import KafkaConfig, MetricsConfig, ModelServeConfig, ServiceConfig
+from stream.config import DurabilityConfig, KafkaConfig, MetricsConfig, ModelServeConfig, ServiceConfig
 from stream.errors import ModelMismatchError
 from stream.inference import Predictor
 from stream.service import ForecastService, ServiceObserver
@@ -235,6 +236,50 @@ def test_restarted_service_resumes_from_committed_offsets(bootstrap, topics, tin
         assert again.stats.events == len(second)
     finally:
         again.close()
+
+
+def test_a_periodic_checkpoint_is_written_beside_the_loop_and_a_new_owner_restores_it(
+    bootstrap, topics, tiny_model
+):
+    items = [f"c{i}" for i in range(6)]
+    events = _events(items, days=6)
+    _produce(bootstrap, topics["sales"], events)
+    predictor = Predictor.load(tiny_model, "cpu")
+    base = _config(bootstrap, topics, tiny_model, "g-beside")
+    # No commit until the test's own (so its checkpoint is the first), and a checkpoint with each.
+    cfg = dataclasses.replace(
+        base,
+        kafka=dataclasses.replace(base.kafka, commit_interval_ms=600_000),
+        durability=DurabilityConfig(checkpoint_interval_ms=0),
+    )
+    first = ForecastService(cfg, predictor, CollectorRegistry())
+    try:
+        _run_until(first, lambda: first.stats.events >= len(events))
+        first.commit()
+        # The commit has returned while its snapshots may still be on their way: the writer holds
+        # the checkpoint until the loop collects it.
+        assert first.snapshots is not None and first.snapshots.busy
+        done = first.snapshots.wait()
+        assert done is not None and done.partitions
+        kept = {p: first.states[p] for p in done.partitions}
+    finally:
+        # A crash: no last checkpoint, no offsets committed on the way out.
+        first.consumer.close(autocommit=False)
+        first.changelog.producer.close()  # type: ignore[union-attr]
+        first.publisher.producer.close()
+    second = ForecastService(cfg, predictor, CollectorRegistry())
+    try:
+        _run_until(
+            second, lambda: set(kept) <= set(second.states) and second.stats.restored_partitions >= len(kept)
+        )
+        for p, state in kept.items():
+            n = state.n_items
+            assert second.states[p].n_items == n > 0
+            assert list(second.states[p].ids[:n]) == list(state.ids[:n])
+            np.testing.assert_array_equal(second.states[p].qty[:n], state.qty[:n])
+            np.testing.assert_array_equal(second.states[p].ledger.forecasts[:n], state.ledger.forecasts[:n])
+    finally:
+        second.close()
 
 
 @pytest.mark.parametrize("window", [0, 3])
