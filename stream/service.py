@@ -719,23 +719,26 @@ class ForecastService:
         to wait for. Returns how many."""
         assert self.changelog is not None
         started = self.clock() if started is None else started
-        snaps = []
+        wrote = 0
+        beside: list[Snapshot] = []
         for tp, pos in self.positions.items():
             # A partition with forecasts still queued has closed buckets whose forecasts are not in
             # its ledger yet; its snapshot waits until they are.
             if tp.partition in self._dirty and tp.partition in self.states and tp.partition not in held:
-                snaps.append(Snapshot(tp.partition, snapshot(self.states[tp.partition], pos), pos))
+                data = snapshot(self.states[tp.partition], pos)
                 self._dirty.discard(tp.partition)
-        self.stats.checkpoints += len(snaps)
+                wrote += 1
+                if self.snapshots is not None:
+                    beside.append(Snapshot(tp.partition, data, pos))
+                else:
+                    # Into the transaction as each is encoded, so that one partition's bytes at a
+                    # time wait beside the producer's buffer.
+                    self.publisher.track(self.changelog.write(tp.partition, data, pos)[1])
+        self.stats.checkpoints += wrote
         self._last_checkpoint = started
-        if not snaps:
-            return 0
-        if self.snapshots is not None:
-            self.snapshots.start(snaps, started)
-        else:
-            for snap in snaps:
-                self.publisher.track(self.changelog.write(snap.partition, snap.data, snap.input_offset)[1])
-        return len(snaps)
+        if self.snapshots is not None and beside:
+            self.snapshots.start(beside, started)
+        return wrote
 
     def _checkpoint_written(self, done: WriteDone | None) -> None:
         """Account for a checkpoint whose snapshots are all acknowledged: it spaces the next."""

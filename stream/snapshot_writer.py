@@ -116,8 +116,9 @@ class SnapshotWriter:
             for snap in snapshots:
                 futures.extend(self.changelog.write(snap.partition, snap.data, snap.input_offset)[1])
             self.changelog.producer.flush(timeout=self.timeout_s)
-            if unacknowledged(futures):
-                raise ChangelogError(f"{len(unacknowledged(futures))} snapshot chunks still unacknowledged")
+            left = unacknowledged(futures)
+            if left:
+                raise ChangelogError(f"{len(left)} snapshot chunks still unacknowledged")
             partitions = tuple(s.partition for s in snapshots)
             self._done = WriteDone(partitions, started, self.clock() - started)
         except BaseException as exc:  # handed to the loop, which raises it
